@@ -1,0 +1,177 @@
+"""Model-only throughput and fidelity of each precision (no decoding: preloaded uint8 tensors).
+
+Prints, for batch sizes 64 and 1: images/s of
+  - torchvision      plain torchvision AlexNet, NCHW fp32, float input (what a user would write)
+  - fp32             Featurizer fp32 (channels_last, uint8 in, normalised on the device)
+  - bf16             Featurizer bf16 (whole model cast to bfloat16: the shipped choice)
+  - bf16-autocast    fp32 Featurizer under torch.autocast(bfloat16) (the rejected alternative)
+  - int8             Featurizer int8 (dynamic-quantised fc6/fc7/fc8)
+with the ratio to fp32 measured in the same run, then the worst-view cosine similarity to fp32 per
+layer on scikit-learn's two sample photographs (ten crops each = 20 views).
+
+    python benchmarks/model_throughput.py            # full: several timed batches per row
+    python benchmarks/model_throughput.py --quick    # seconds, for a smoke run on a busy machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torchvision
+
+from featurizer import LAYER_NAMES, Featurizer
+from featurizer.precision import cpu_has_fast_bf16, default_num_threads
+
+FEATURE_LAYERS = ("decaf6", "decaf7")  # what a user typically extracts (runs up to fc7)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few iterations, small batch")
+    parser.add_argument("--batch-sizes", default="64,1", help="comma-separated (default 64,1)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time budget per row")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    parser.add_argument("--weights", default="random", help="random (default), imagenet or PATH")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-fidelity", action="store_true", help="skip the cosine table")
+    return parser.parse_args()
+
+
+def images_per_second(run: Callable[[], object], batch: int, seconds: float) -> float:
+    """Warm up once, then time single batches for ``seconds`` (at least 3); median rate.
+
+    The median of per-batch times, not the mean, so a burst of other load on a shared machine
+    does not decide the number.
+    """
+    run()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def make_variants(args: argparse.Namespace) -> dict[str, Callable[[torch.Tensor], object]]:
+    common = {"weights": args.weights, "device": args.device, "num_threads": args.threads}
+    fp32 = Featurizer(FEATURE_LAYERS, precision="fp32", **common)
+    variants: dict[str, Callable[[torch.Tensor], object]] = {}
+    plain = torchvision.models.alexnet(weights=None)
+    plain.load_state_dict(fp32.model.net.state_dict())
+    plain = plain.eval().to(fp32.device)
+    mean = torch.tensor(fp32.spec.preprocess.mean, device=fp32.device).view(1, 3, 1, 1)
+    std = torch.tensor(fp32.spec.preprocess.std, device=fp32.device).view(1, 3, 1, 1)
+
+    def torchvision_forward(batch: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return plain(((batch.to(fp32.device).float() / 255) - mean) / std)
+
+    variants["torchvision"] = torchvision_forward
+    variants["fp32"] = fp32.forward
+    if fp32.device.type == "cuda":
+        variants["fp16"] = Featurizer(FEATURE_LAYERS, precision="fp16", **common).forward
+    variants["bf16"] = Featurizer(FEATURE_LAYERS, precision="bf16", **common).forward
+
+    def autocast_forward(batch: torch.Tensor) -> object:
+        with torch.autocast(fp32.device.type, dtype=torch.bfloat16):
+            return fp32.forward(batch)
+
+    variants["bf16-autocast"] = autocast_forward
+    if fp32.device.type == "cpu":
+        variants["int8"] = Featurizer(FEATURE_LAYERS, precision="int8", **common).forward
+    return variants
+
+
+def throughput_table(args: argparse.Namespace, batch_sizes: list[int]) -> None:
+    variants = make_variants(args)
+    generator = torch.Generator().manual_seed(0)
+    print(f"\nimages/s, layers {','.join(FEATURE_LAYERS)}, random uint8 input")
+    header = f"{'variant':<15}" + "".join(
+        f"{f'b={b} img/s':>14}{'vs fp32':>9}" for b in batch_sizes
+    )
+    print(header)
+    print("-" * len(header))
+    rates: dict[str, dict[int, float]] = {name: {} for name in variants}
+    for batch_size in batch_sizes:
+        batch = torch.randint(
+            0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, generator=generator
+        )
+        for name, forward in variants.items():
+            rates[name][batch_size] = images_per_second(
+                lambda f=forward, x=batch: f(x), batch_size, args.seconds
+            )
+    for name in variants:
+        cells = "".join(
+            f"{rates[name][b]:>14.1f}{rates[name][b] / rates['fp32'][b]:>8.2f}x"
+            for b in batch_sizes
+        )
+        print(f"{name:<15}{cells}")
+
+
+def fidelity_table(args: argparse.Namespace) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    common = {"weights": args.weights, "device": args.device, "num_threads": args.threads}
+    reference = Featurizer(LAYER_NAMES, precision="fp32", crop="tencrop", **common)
+    photos = [Image.fromarray(array) for array in load_sample_images().images]
+    views = torch.stack([reference.prepare(p) for p in photos]).reshape(-1, 3, 224, 224)
+    expected = reference.forward(views)
+    others = ["bf16", "int8"] if reference.device.type == "cpu" else ["fp16", "bf16"]
+    results: dict[str, dict[str, float]] = {}
+    for precision in others:
+        features = Featurizer(LAYER_NAMES, precision=precision, **common).forward(views)
+        results[precision] = {
+            layer: worst_cosine(expected[layer], features[layer]) for layer in LAYER_NAMES
+        }
+    with torch.autocast(reference.device.type, dtype=torch.bfloat16):
+        autocast = Featurizer(LAYER_NAMES, precision="fp32", **common).forward(views)
+    results["bf16-autocast"] = {
+        layer: worst_cosine(expected[layer], autocast[layer]) for layer in LAYER_NAMES
+    }
+    print(f"\nworst-view cosine similarity vs fp32 ({args.weights} weights, 20 real views)")
+    print(f"{'layer':<12}" + "".join(f"{name:>15}" for name in results))
+    for layer in LAYER_NAMES:
+        print(f"{layer:<12}" + "".join(f"{results[name][layer]:>15.6f}" for name in results))
+
+
+def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cos = (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+    return float(cos.min())
+
+
+def main() -> None:
+    args = parse_args()
+    warnings.filterwarnings("ignore", message="USING RANDOM WEIGHTS")
+    logging.getLogger("featurizer.weights").setLevel(logging.ERROR)  # random-weights notice
+    if args.quick:
+        args.seconds = min(args.seconds, 1.0)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.quick:
+        batch_sizes = [min(b, 16) for b in batch_sizes]
+    threads = args.threads or default_num_threads()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{threads} threads, native bf16: {cpu_has_fast_bf16()}, load avg {load:.1f}"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        throughput_table(args, batch_sizes)
+        if not args.no_fidelity:
+            fidelity_table(args)
+
+
+if __name__ == "__main__":
+    main()

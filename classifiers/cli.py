@@ -1,0 +1,418 @@
+"""`decaf probe fit|eval|predict`: linear probes on a feature store from the command line.
+
+Heavy modules (torch, scikit-learn, the model) are imported inside the handlers so `decaf --help`
+stays fast. Progress bars go to stderr; ``--json`` prints machine-readable output to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from classifiers.errors import ProbeError
+
+CLASSIFIERS = ("logreg", "svm")
+PROTOCOL_CHOICES = ("caltech101", "sun397", "stratified", "predefined")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "probe",
+        help="fit, evaluate and apply linear probes on extracted features",
+        description="Linear probes (logistic regression / linear SVM) on DeCAF features.",
+    )
+    probe_sub = parser.add_subparsers(dest="probe_command", required=True, metavar="SUBCOMMAND")
+    _register_fit(probe_sub)
+    _register_eval(probe_sub)
+    _register_predict(probe_sub)
+
+
+# ------------------------------------------------------------------ options
+def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--C",
+        dest="C",
+        default="auto",
+        type=_c_value,
+        help="regularisation: 'auto' (cross-validated on the training split) or a number",
+    )
+    parser.add_argument(
+        "--Cs",
+        dest="Cs",
+        default=None,
+        type=_c_grid,
+        help="C grid for C='auto', comma-separated (default 1e-4,1e-3,...,1e2)",
+    )
+    parser.add_argument("--cv", type=_positive_int, default=3, help="folds for C='auto'")
+    parser.add_argument("--backend", default="auto", choices=["auto", "sklearn", "torch"])
+    parser.add_argument("--device", default="auto", help="torch backend device: auto, cpu, cuda")
+    parser.add_argument("--class-weight", default=None, choices=["balanced"])
+    parser.add_argument("--dropout", type=float, default=0.0, help="feature dropout rate")
+    parser.add_argument("--l2-normalize", action="store_true", help="L2-normalise each sample")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _c_value(text: str) -> float | str:
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"C must be 'auto' or a number, got {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"C must be positive, got {text!r}")
+    return value
+
+
+def _c_grid(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in _csv(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"Cs must be numbers, got {text!r}") from exc
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"Cs must be positive numbers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _make_probe(args: argparse.Namespace, classifier: str) -> Any:
+    from classifiers.probe import LinearProbe
+
+    return LinearProbe(
+        classifier=classifier,
+        C=args.C,
+        Cs=args.Cs,
+        cv=args.cv,
+        backend=args.backend,
+        device=args.device,
+        class_weight=args.class_weight,
+        dropout=args.dropout,
+        l2_normalize=args.l2_normalize,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+
+
+def _labelled_features(store: str, layer: str) -> tuple[Any, Any, list[str]]:
+    import numpy as np
+
+    from featurizer.store import load_features
+
+    X, y, paths = load_features(store, layer)
+    keep = np.array([label is not None for label in y], dtype=bool)
+    if not keep.any():
+        raise ProbeError(f"store {store} has no labelled images (class sub-folders)")
+    if not keep.all():
+        print(f"decaf: ignoring {int((~keep).sum())} unlabelled images", file=sys.stderr)
+    return X[keep], y[keep].astype(str), [p for p, k in zip(paths, keep, strict=True) if k]
+
+
+# ---------------------------------------------------------------------- fit
+def _register_fit(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("fit", help="fit a probe on all labelled images of a store")
+    parser.add_argument("store", metavar="STORE", help="feature store made by `decaf extract`")
+    parser.add_argument("--layer", default="decaf6", help="feature layer (default decaf6)")
+    parser.add_argument("--classifier", default="logreg", choices=CLASSIFIERS)
+    parser.add_argument("--out", "-o", required=True, metavar="PROBE", help="probe directory")
+    _add_estimator_options(parser)
+    parser.set_defaults(func=_fit)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import time
+
+    from classifiers.persistence import provenance_from_manifest, save_probe
+    from featurizer.store import read_manifest
+
+    manifest = read_manifest(args.store)
+    provenance = provenance_from_manifest(manifest, args.layer)
+    X, y, _ = _labelled_features(args.store, args.layer)
+    started = time.perf_counter()
+    probe = _make_probe(args, args.classifier).fit(X, y)
+    seconds = time.perf_counter() - started
+    metrics = {
+        "train_accuracy": float(probe.score(X, y)),
+        "cv_best_score": None
+        if probe.cv_results_ is None
+        else max(probe.cv_results_["mean_score"]),
+        "fit_seconds": seconds,
+        "n_train": len(y),
+    }
+    protocol = {"name": "fit", "store": str(args.store), "n_train": len(y)}
+    out = save_probe(probe, args.out, provenance=provenance, metrics=metrics, protocol=protocol)
+    summary = {
+        "probe": str(out),
+        "layer": args.layer,
+        "classifier": args.classifier,
+        "classes": len(probe.classes_),
+        "C": probe.C_,
+        "backend": probe.backend_,
+        **metrics,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        cv = summary["cv_best_score"]
+        cv_text = "" if cv is None else f", CV mean per-class accuracy {100 * cv:.2f}%"
+        print(
+            f"saved {out}: {args.classifier} on {args.layer}, {len(y)} images, "
+            f"{len(probe.classes_)} classes, C={probe.C_:.4g} ({probe.backend_}){cv_text}, "
+            f"{seconds:.1f} s"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------- eval
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="evaluate probes by a paper's protocol (table: classifier x layer, mean ± std)",
+    )
+    parser.add_argument("store", metavar="STORE", help="feature store made by `decaf extract`")
+    parser.add_argument("--layer", default="decaf6", help="layer(s), comma-separated")
+    parser.add_argument("--classifier", default="logreg", help="logreg, svm or both (comma)")
+    parser.add_argument("--protocol", default="caltech101", choices=PROTOCOL_CHOICES)
+    parser.add_argument("--splits", type=_positive_int, default=5, help="random splits")
+    parser.add_argument(
+        "--n-train",
+        type=_positive_int,
+        default=None,
+        help="training images per class (caltech101: 30, sun397: 50)",
+    )
+    parser.add_argument(
+        "--max-test",
+        type=_positive_int,
+        default=None,
+        help="test images per class at most (default 50)",
+    )
+    parser.add_argument("--train-fraction", type=float, default=0.5, help="for 'stratified'")
+    parser.add_argument("--split-file", default=None, help="for 'predefined': JSON or text file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shots",
+        default=None,
+        type=_shots,
+        help="few-shot curve instead, e.g. 1,2,5,10,20,30 (per-class protocol)",
+    )
+    _add_estimator_options(parser)
+    parser.set_defaults(func=_eval)
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        shots = [int(s) for s in _csv(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"shots must be integers, got {text!r}") from exc
+    if not shots or min(shots) < 1:
+        raise argparse.ArgumentTypeError(f"shots must be positive integers, got {text!r}")
+    return shots
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from classifiers.protocols import evaluate, few_shot_curve
+
+    layers, classifiers = _csv(args.layer), _csv(args.classifier)
+    unknown = [c for c in classifiers if c not in CLASSIFIERS]
+    if unknown or not classifiers:
+        raise ProbeError(f"unknown classifier(s) {unknown}; choose from {', '.join(CLASSIFIERS)}")
+    rows: list[dict[str, Any]] = []
+    show = not args.json
+    for layer in layers:
+        X, y, paths = _labelled_features(args.store, layer)
+        for classifier in classifiers:
+            probe = _make_probe(args, classifier)
+            if args.shots:
+                curve = few_shot_curve(
+                    X,
+                    y,
+                    paths,
+                    probe=probe,
+                    shots=args.shots,
+                    max_test=50 if args.max_test is None else args.max_test,
+                    splits=args.splits,
+                    seed=args.seed,
+                    show_progress=show,
+                )
+                rows += [
+                    _row(layer, classifier, result, shot=result.params["n_train"])
+                    for result in curve
+                ]
+            else:
+                result = evaluate(
+                    X,
+                    y,
+                    paths,
+                    protocol=args.protocol,
+                    probe=probe,
+                    n_train=args.n_train,
+                    max_test=args.max_test,
+                    splits=args.splits,
+                    seed=args.seed,
+                    train_fraction=args.train_fraction,
+                    split_file=args.split_file,
+                    show_progress=show,
+                )
+                rows.append(_row(layer, classifier, result))
+    if args.json:
+        print(json.dumps({"store": str(args.store), "results": rows}, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _row(layer: str, classifier: str, result: Any, shot: int | None = None) -> dict[str, Any]:
+    return {"layer": layer, "classifier": classifier, "shots": shot, **result.to_dict()}
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """DeCAF-paper layout: one row per classifier (and shot count), one column per layer."""
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    keys = list(dict.fromkeys((r["classifier"], r["shots"]) for r in rows))
+    cells = {
+        (r["classifier"], r["shots"], r["layer"]): "{:.2f} ± {:.2f}".format(
+            100 * r["mean_class_accuracy"]["mean"], 100 * r["mean_class_accuracy"]["std"]
+        )
+        for r in rows
+    }
+    names = [c if s is None else f"{c} ({s}-shot)" for c, s in keys]
+    first = max(len("classifier"), *(len(n) for n in names))
+    width = max(14, *(len(layer) for layer in layers))
+    protocol = rows[0]["protocol"] if rows else ""
+    lines = [
+        f"mean per-class accuracy (%), mean ± std over splits; protocol {protocol}",
+        "classifier".ljust(first) + "".join(f"  {layer:>{width}}" for layer in layers),
+    ]
+    for name, (classifier, shot) in zip(names, keys, strict=True):
+        values = [cells.get((classifier, shot, layer), "-") for layer in layers]
+        lines.append(name.ljust(first) + "".join(f"  {v:>{width}}" for v in values))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ predict
+def _register_predict(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("predict", help="top-k labels of images with a saved probe")
+    parser.add_argument("probe", metavar="PROBE", help="probe directory from `decaf probe fit`")
+    parser.add_argument("images", metavar="IMAGES", nargs="+", help="image files")
+    parser.add_argument("--top-k", type=_positive_int, default=5)
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="imagenet, a .pth file or random (default: what the probe was trained with, when "
+        "that can be found: imagenet or random)",
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_predict)
+
+
+def default_weights(meta: dict[str, Any]) -> str:
+    """The --weights value that reproduces the probe's feature weights, when one can tell."""
+    weights_id = str(meta.get("weights_id") or "")
+    if weights_id == "random":
+        return "random"
+    if weights_id.startswith(f"{meta.get('backbone')}/"):
+        return "imagenet"
+    raise ProbeError(
+        f"the probe was trained on features from weights {weights_id!r}; pass the same file "
+        "with --weights PATH"
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from classifiers.persistence import check_compatible, load_probe, provenance_from_featurizer
+    from featurizer.extractor import Featurizer
+
+    probe, meta = load_probe(args.probe)
+    layer = meta["layer"]
+    preprocessing = meta.get("preprocessing") or {}
+    featurizer = Featurizer(
+        layers=[layer],
+        weights=args.weights or default_weights(meta),
+        backbone=meta.get("backbone") or "alexnet",
+        precision=meta.get("precision") or "fp32",
+        device=args.device,
+        crop=preprocessing.get("crop_mode", "center"),
+    )
+    check_compatible(meta, provenance_from_featurizer(featurizer.describe(), layer))
+    predictions, errors = predict_images(
+        probe, featurizer, layer, args.images, args.top_k, args.batch_size
+    )
+    _print_predictions(predictions, errors, args.json, probe.classifier)
+    return 0 if predictions else 1
+
+
+def predict_images(
+    probe: Any, featurizer: Any, layer: str, images: Sequence[str], top_k: int, batch_size: int
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Top-k of every readable image; unreadable ones are reported, not fatal."""
+    import numpy as np
+    import torch
+
+    from featurizer.errors import DecafError
+
+    ready, tensors, errors = [], [], []
+    for path in images:
+        try:
+            tensors.append(featurizer.prepare(path))
+            ready.append(path)
+        except (DecafError, OSError) as exc:
+            errors.append({"path": path, "error": str(exc)})
+    predictions = []
+    for start in range(0, len(tensors), batch_size):
+        batch = torch.stack(tensors[start : start + batch_size])
+        features = featurizer.forward(batch, [layer])[layer]
+        scores = (
+            probe.predict_proba(features)
+            if probe.classifier == "logreg"
+            else _svm_scores(probe, features)
+        )
+        order = np.argsort(-scores, axis=1)[:, :top_k]
+        for i, path in enumerate(ready[start : start + batch_size]):
+            predictions.append(
+                {
+                    "path": path,
+                    "top_k": [
+                        {"label": _label(probe.classes_[j]), "score": float(scores[i, j])}
+                        for j in order[i]
+                    ],
+                }
+            )
+    return predictions, errors
+
+
+def _svm_scores(probe: Any, features: Any) -> Any:
+    import numpy as np
+
+    scores = probe.decision_function(features)
+    return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
+
+
+def _label(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _print_predictions(
+    predictions: list[dict], errors: list[dict], as_json: bool, classifier: str
+) -> None:
+    for error in errors:
+        print(f"decaf: skipped {error['path']}: {error['error']}", file=sys.stderr)
+    kind = "probability" if classifier == "logreg" else "svm_margin"
+    if as_json:
+        print(json.dumps({"score": kind, "predictions": predictions, "errors": errors}, indent=2))
+        return
+    for item in predictions:
+        ranked = ", ".join(f"{p['label']} ({p['score']:.3f})" for p in item["top_k"])
+        print(f"{item['path']}: {ranked}")

@@ -1,0 +1,50 @@
+"""The `decaf` command: one entry point whose sub-commands come from each package.
+
+Each package owns its sub-commands (`featurizer.cli`, `classifiers.cli`, `service.commands`);
+this module only assembles them, so `decaf extract` never imports the web stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from classifiers import cli as classifiers_cli
+from featurizer import cli as featurizer_cli
+from featurizer.errors import DecafError
+from service import commands as service_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="decaf",
+        description="DeCAF features: extract AlexNet activations, fit linear probes, serve them.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    service_commands.register(sub)
+    featurizer_cli.register(sub)
+    classifiers_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except DecafError as exc:
+        print(f"decaf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("decaf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,506 @@
+"""Background jobs: batch extraction into a feature store, and probe fits on a stored dataset.
+
+Jobs are rows in the database (service/state.py) executed by a small thread pool
+(`settings.job_workers`). The row is the truth: a client polls it, and after a crash the next
+server start finds every job that was `queued` or `running` and queues it again. Re-running is
+safe because extraction is resumable by design (the store's finished parts are skipped) and a
+probe fit simply starts over. A job that keeps dying with the server (e.g. killed for memory) is
+marked `interrupted` after `max_attempts` starts instead of crash-looping; it is never dropped.
+
+Each extraction job builds its own Featurizer through `featurizer_factory(layers, precision,
+crop)`: the server's featurizer belongs to the micro-batcher and is not safe for concurrent
+forward calls, while the factory can share the weights already loaded in memory.
+
+Only one process per data directory recovers jobs (an advisory lock in `data_dir`), so running
+the server with several workers never executes a recovered job twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from featurizer.errors import DecafError
+from service.state import Database, DatasetRow, JobRow, iso, utcnow
+
+log = logging.getLogger(__name__)
+
+JOB_KINDS = ("extraction", "probe_fit")
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
+PROGRESS_WRITE_INTERVAL_S = 0.5
+CANCEL_POLL_INTERVAL_S = 1.0
+
+FeaturizerFactory = Callable[[Any, str, str], Any]
+
+
+class JobError(DecafError):
+    """Base of job errors; `status_code` is the HTTP status the API answers with."""
+
+    status_code = 400
+
+
+class JobNotFoundError(JobError, LookupError):
+    status_code = 404
+
+
+class JobManagerStoppedError(JobError):
+    """The server is starting up or shutting down: no new jobs now."""
+
+    status_code = 503
+
+
+class JobConflictError(JobError):
+    """The request conflicts with the job's state (e.g. cancelling a finished job)."""
+
+    status_code = 409
+
+
+@dataclasses.dataclass
+class JobContext:
+    """What a running job handler may use: its parameters, progress reporting and a stop flag."""
+
+    job_id: str
+    kind: str
+    params: dict[str, Any]
+    attempt: int
+    settings: Any
+    db: Database
+    featurizer_factory: FeaturizerFactory
+    stop_event: threading.Event
+    _report: Callable[[dict[str, Any], bool], None]
+    _next_db_check: float = 0.0
+
+    def should_stop(self) -> bool:
+        """True once a cancel was asked, here or by another server process sharing the DB."""
+        if self.stop_event.is_set():
+            return True
+        now = time.monotonic()
+        if now >= self._next_db_check:
+            # DELETE may have reached another worker process: its flag is in the database.
+            self._next_db_check = now + CANCEL_POLL_INTERVAL_S
+            with self.db.session() as session:
+                row = session.get(JobRow, self.job_id)
+                if row is not None and row.cancel_requested:
+                    self.stop_event.set()
+        return self.stop_event.is_set()
+
+    def report(self, progress: dict[str, Any], *, force: bool = False) -> None:
+        """Record progress (done, total, images_per_s, errors, eta_s); writes are throttled."""
+        self._report(progress, force)
+
+
+JobHandler = Callable[[JobContext], dict[str, Any]]
+
+
+def job_to_dict(row: JobRow) -> dict[str, Any]:
+    """The JSON shape of a job in the API."""
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "status": row.status,
+        "params": row.params,
+        "progress": row.progress or {},
+        "result": row.result,
+        "error": row.error,
+        "note": row.note,
+        "cancel_requested": bool(row.cancel_requested),
+        "attempts": row.attempts or 0,
+        "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+class _ProcessLock:
+    """Advisory, non-blocking lock on a file; released by the OS if the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def acquire(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: single process assumed
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the process lifetime
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class JobManager:
+    """Runs jobs in a bounded thread pool and keeps their state in the database."""
+
+    def __init__(
+        self,
+        settings: Any,
+        db: Database,
+        featurizer_factory: FeaturizerFactory,
+        *,
+        max_attempts: int = 3,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.featurizer_factory = featurizer_factory
+        self.max_attempts = max_attempts
+        self._lock = threading.RLock()
+        self._stops: dict[str, threading.Event] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._shutting_down = False
+        self._recovery_lock = _ProcessLock(Path(settings.data_dir) / ".jobs.lock")
+        self.handlers: dict[str, JobHandler] = {
+            "extraction": run_extraction_job,
+            "probe_fit": _run_probe_fit_job,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker pool and requeue the jobs a previous process left unfinished."""
+        workers = max(1, int(getattr(self.settings, "job_workers", 1)))
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decaf-job")
+        self._shutting_down = False
+        if self._recovery_lock.acquire():
+            self._recover()
+        else:
+            log.info("another server process owns job recovery for %s", self.settings.data_dir)
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Stop running jobs after their current batch; they resume on the next start."""
+        with self._lock:
+            self._shutting_down = True
+            for event in self._stops.values():
+                event.set()
+        if self._executor is not None:
+            # Queued futures are dropped: their rows stay `queued` and are recovered next time.
+            self._executor.shutdown(wait=timeout_s is None, cancel_futures=True)
+            self._executor = None
+        self._recovery_lock.release()
+
+    def _recover(self) -> None:
+        resumed: list[str] = []
+        with self._lock, self.db.session() as session:
+            rows = session.scalars(
+                select(JobRow).where(JobRow.status.in_(ACTIVE_STATUSES)).order_by(JobRow.created_at)
+            ).all()
+            for row in rows:
+                self._recover_row(row)
+                if row.status == "queued":
+                    resumed.append(row.id)
+        for job_id in resumed:
+            self._schedule(job_id)
+        if resumed:
+            log.warning("resuming %d job(s) left unfinished by a previous run", len(resumed))
+
+    def _recover_row(self, row: JobRow) -> None:
+        now = utcnow()
+        row.updated_at = now
+        if row.cancel_requested:
+            row.status, row.finished_at = "cancelled", now
+            row.note = "cancelled (the server stopped before the job noticed)"
+            return
+        if row.status != "running":
+            return  # still queued: simply schedule it again
+        if (row.attempts or 0) >= self.max_attempts:
+            row.status, row.finished_at = "interrupted", now
+            row.error = (
+                f"the server stopped {row.attempts} times while this job was running; it is "
+                "not resumed automatically to avoid a crash loop. Submit it again to resume "
+                "(finished parts of a store are kept)."
+            )
+            return
+        row.status = "queued"
+        row.note = f"resumed after the server stopped unexpectedly during attempt {row.attempts}"
+
+    # -- public API --------------------------------------------------------------------------
+
+    def submit(self, kind: str, params: dict[str, Any], *, dataset: str | None = None) -> dict:
+        """Create a queued job and schedule it; `dataset` registers the store it writes."""
+        if kind not in self.handlers:
+            raise JobError(f"unknown job kind {kind!r}; expected one of {sorted(self.handlers)}")
+        if self._executor is None:
+            raise JobManagerStoppedError(
+                "the job manager is not running (server starting or stopping); retry shortly"
+            )
+        job_id = uuid.uuid4().hex
+        with self._lock, self.db.session() as session:
+            row = JobRow(id=job_id, kind=kind, status="queued", params=params, progress={})
+            session.add(row)
+            if dataset is not None:
+                self._register_dataset(session, dataset, params, job_id)
+            session.flush()
+            data = job_to_dict(row)
+        self._schedule(job_id)
+        return data
+
+    def _register_dataset(self, session: Any, name: str, params: dict, job_id: str) -> None:
+        row = session.get(DatasetRow, name)
+        if row is None:
+            row = DatasetRow(name=name, path=params["out"])
+            session.add(row)
+        row.path, row.source_root, row.job_id = params["out"], params.get("root"), job_id
+
+    def get(self, job_id: str) -> dict:
+        with self.db.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFoundError(f"job {job_id!r} not found")
+            return job_to_dict(row)
+
+    def list(
+        self, *, status: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[dict]:
+        query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(JobRow.status == status)
+        if kind is not None:
+            query = query.where(JobRow.kind == kind)
+        with self.db.session() as session:
+            return [job_to_dict(row) for row in session.scalars(query)]
+
+    def active_jobs_for_dataset(self, name: str) -> list[str]:
+        """Ids of queued/running extraction jobs that write dataset `name`."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(JobRow).where(
+                    JobRow.kind == "extraction", JobRow.status.in_(ACTIVE_STATUSES)
+                )
+            )
+            return [row.id for row in rows if (row.params or {}).get("name") == name]
+
+    def cancel(self, job_id: str) -> dict:
+        """Cancel a queued job at once, or ask a running one to stop after its current batch."""
+        with self._lock, self.db.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFoundError(f"job {job_id!r} not found")
+            if row.status in FINAL_STATUSES:
+                raise JobConflictError(
+                    f"job {job_id!r} already finished with status {row.status!r}"
+                )
+            row.cancel_requested = True
+            row.updated_at = utcnow()
+            if row.status == "queued":
+                row.status, row.finished_at = "cancelled", utcnow()
+            event = self._stops.get(job_id)
+            if event is not None:
+                event.set()
+            session.flush()
+            return job_to_dict(row)
+
+    def wait(self, job_id: str, timeout_s: float = 60.0, poll_s: float = 0.05) -> dict:
+        """Block until the job reaches a final status (for tests and scripts)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get(job_id)
+            if job["status"] in FINAL_STATUSES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def _schedule(self, job_id: str) -> None:
+        executor = self._executor
+        if executor is None or self._shutting_down:
+            return  # stays queued in the database; the next start picks it up
+        executor.submit(self._run, job_id)
+
+    def _claim(self, job_id: str) -> JobContext | None:
+        """Move a queued job to running; None if it was cancelled or we are shutting down."""
+        with self._lock, self.db.session() as session:
+            row = session.get(JobRow, job_id)
+            if row is None or row.status != "queued" or self._shutting_down:
+                return None
+            now = utcnow()
+            row.status, row.started_at, row.updated_at = "running", now, now
+            row.attempts = (row.attempts or 0) + 1
+            row.error = None
+            stop = threading.Event()
+            self._stops[job_id] = stop
+            return JobContext(
+                job_id=job_id,
+                kind=row.kind,
+                params=dict(row.params),
+                attempt=row.attempts,
+                settings=self.settings,
+                db=self.db,
+                featurizer_factory=self.featurizer_factory,
+                stop_event=stop,
+                _report=self._progress_writer(job_id),
+            )
+
+    def _progress_writer(self, job_id: str) -> Callable[[dict[str, Any], bool], None]:
+        last_write = [0.0]
+
+        def write(progress: dict[str, Any], force: bool) -> None:
+            now = time.monotonic()
+            if not force and now - last_write[0] < PROGRESS_WRITE_INTERVAL_S:
+                return
+            last_write[0] = now
+            with self.db.session() as session:
+                row = session.get(JobRow, job_id)
+                if row is not None:
+                    row.progress = dict(progress)
+                    row.updated_at = utcnow()
+
+        return write
+
+    def _run(self, job_id: str) -> None:
+        try:
+            ctx = self._claim(job_id)
+        except Exception:  # a database hiccup must not kill the worker thread silently
+            log.exception("could not start job %s", job_id)
+            return
+        if ctx is None:
+            return
+        log.info("job %s (%s) started, attempt %d", job_id, ctx.kind, ctx.attempt)
+        try:
+            result = self.handlers[ctx.kind](ctx)
+        except Exception as exc:
+            self._finish_with_error(ctx, exc)
+        else:
+            self._finish(ctx, "succeeded", result=result)
+        finally:
+            with self._lock:
+                self._stops.pop(job_id, None)
+
+    def _finish_with_error(self, ctx: JobContext, exc: Exception) -> None:
+        if ctx.should_stop():
+            if self._shutting_down and not self._cancel_requested(ctx.job_id):
+                note = "paused by a server shutdown; it resumes when the server starts again"
+                self._finish(ctx, "queued", note=note, final=False)
+            else:
+                self._finish(ctx, "cancelled", note="cancelled by request")
+            return
+        if isinstance(exc, DecafError):
+            log.warning("job %s failed: %s", ctx.job_id, exc)
+            self._finish(ctx, "failed", error=str(exc))
+        else:
+            log.exception("job %s crashed", ctx.job_id)
+            self._finish(ctx, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+
+    def _cancel_requested(self, job_id: str) -> bool:
+        with self.db.session() as session:
+            row = session.get(JobRow, job_id)
+            return bool(row is not None and row.cancel_requested)
+
+    def _finish(
+        self,
+        ctx: JobContext,
+        status: str,
+        *,
+        result: dict | None = None,
+        error: str | None = None,
+        note: str | None = None,
+        final: bool = True,
+    ) -> None:
+        with self._lock, self.db.session() as session:
+            row = session.get(JobRow, ctx.job_id)
+            if row is None:
+                return
+            now = utcnow()
+            row.status, row.updated_at = status, now
+            row.finished_at = now if final else None
+            if result is not None:
+                row.result = result
+                row.progress = result.get("progress", row.progress)
+            if error is not None:
+                row.error = error
+            if note is not None:
+                row.note = note
+        log.info("job %s %s", ctx.job_id, status)
+
+
+# -- job handlers --------------------------------------------------------------------------
+
+
+def _progress_dict(progress: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(progress) if dataclasses.is_dataclass(progress) else dict(progress)
+    return {
+        "done": int(data.get("done", 0)),
+        "total": int(data.get("total", 0)),
+        "errors": int(data.get("errors", 0)),
+        "images_per_s": round(float(data.get("images_per_s") or 0.0), 2),
+        "eta_s": None if data.get("eta_s") is None else round(float(data["eta_s"]), 1),
+    }
+
+
+def run_extraction_job(ctx: JobContext) -> dict[str, Any]:
+    """Extract `params.root` into `params.out`; resumes from the parts already written."""
+    from featurizer.batch import extract_dataset
+
+    params = ctx.params
+    featurizer = ctx.featurizer_factory(params["layers"], params["precision"], params["crop"])
+    last: dict[str, Any] = {}
+
+    def on_progress(progress: Any) -> None:
+        last.update(_progress_dict(progress))
+        ctx.report(last)
+
+    options: dict[str, Any] = {}
+    if params.get("part_size"):
+        options["part_size"] = int(params["part_size"])
+    result = extract_dataset(
+        params["root"],
+        params["out"],
+        featurizer=featurizer,
+        layers=tuple(params["layers"]),
+        precision=params["precision"],
+        crop=params["crop"],
+        batch_size=int(params["batch_size"]),
+        workers=max(1, int(getattr(ctx.settings, "decode_threads", 2))),
+        # Overwrite only on the first attempt: a resumed job must keep what it already wrote.
+        overwrite=bool(params.get("overwrite")) and ctx.attempt == 1,
+        progress=on_progress,
+        should_stop=ctx.should_stop,
+        **options,
+    )
+    total = result.num_images + result.num_errors
+    final = {
+        "done": total,
+        "total": total,
+        "errors": result.num_errors,
+        "images_per_s": round(total / result.seconds, 2) if result.seconds > 0 else 0.0,
+        "eta_s": 0.0,
+    }
+    ctx.report(final, force=True)
+    return {
+        "dataset": params["name"],
+        "store": str(result.store),
+        "num_images": result.num_images,
+        "num_errors": result.num_errors,
+        "seconds": round(result.seconds, 3),
+        "resumed_parts": result.resumed_parts,
+        "progress": final,
+    }
+
+
+def _run_probe_fit_job(ctx: JobContext) -> dict[str, Any]:
+    # Imported lazily: service.probes imports this module for the route's dependencies.
+    from service.probes import run_probe_fit_job
+
+    return run_probe_fit_job(ctx)

@@ -1,0 +1,187 @@
+"""`decaf extract` / `decaf info`, including a real process killed mid-extraction and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from featurizer import cli as fcli
+from featurizer import store as fstore
+from featurizer.batch import ExtractionResult
+from tests.featurizer.test_batch import BAD_FILES, build_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+# The real entry point (`decaf` = service.cli:main) run as a separate Python process.
+DECAF = [sys.executable, "-m", "service.cli"]
+SMALL = ["--weights", "random", "--batch-size", "4", "--part-size", "4", "--workers", "1"]
+TIMESTAMPS = ("created_at", "finished_at")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("images")
+    return root, build_dataset(root, per_class=8)  # 26 good + 3 bad files -> 8 parts of 4
+
+
+@pytest.fixture(scope="module")
+def clean_store(
+    images: tuple[Path, list[str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """An uninterrupted `decaf extract` run (a fresh process, like the killed one)."""
+    root, _ = images
+    out = tmp_path_factory.mktemp("stores") / "clean"
+    done = subprocess.run(
+        [*DECAF, "extract", str(root), "--out", str(out), *SMALL],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out, done.stdout + done.stderr
+
+
+def test_extract_reports_progress_and_summary(clean_store: tuple[Path, str]) -> None:
+    _, output = clean_store
+    assert "26 images" in output and "3 unreadable" in output and "0 part(s) resumed" in output
+    assert "29/29" in output and "img/s" in output  # the tqdm bar on stderr
+
+
+def _kill_after_first_part(root: Path, out: Path, log: Path) -> int:
+    """Start `decaf extract`, SIGKILL its whole process group once part 0 exists."""
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [*DECAF, "extract", str(root), "--out", str(out), *SMALL],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=_env(),
+            cwd=REPO,
+            start_new_session=True,  # its own group: the decode worker dies with it
+        )
+        deadline = time.monotonic() + 180
+        try:
+            while not (out / fstore.part_name(0)).exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"extract ended/hung before a part appeared:\n{log.read_text()}")
+                time.sleep(0.005)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    return proc.returncode
+
+
+@pytest.mark.slow  # three fresh `decaf` processes (imports + model init each)
+def test_killed_extraction_resumes_to_the_same_store(
+    images: tuple[Path, list[str]], clean_store: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, good = images
+    clean, _ = clean_store
+    out = tmp_path / "killed"
+    returncode = _kill_after_first_part(root, out, tmp_path / "stderr.log")
+    assert returncode == -signal.SIGKILL
+    written = fstore.existing_part_files(out)
+    assert 1 <= len(written) < 8, "the kill must land mid-run"
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+
+    resumed = subprocess.run(
+        [*DECAF, "extract", str(root), "--out", str(out), *SMALL, "--json", "--no-progress"],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300, check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_parts"] >= len(written) and summary["num_images"] == len(good)
+
+    clean_parts = fstore.existing_part_files(clean)
+    assert [p.name for p in fstore.existing_part_files(out)] == [p.name for p in clean_parts]
+    for part in clean_parts:
+        assert (out / part.name).read_bytes() == part.read_bytes(), part.name
+    assert (out / "errors.jsonl").read_bytes() == (clean / "errors.jsonl").read_bytes()
+    assert [e["path"] for e in fstore.read_errors(out)] == sorted(BAD_FILES)
+    manifests = [json.loads((s / "manifest.json").read_text()) for s in (out, clean)]
+    for manifest in manifests:
+        for key in TIMESTAMPS:
+            assert manifest.pop(key)
+    assert manifests[0] == manifests[1]
+    assert manifests[0]["complete"] is True
+
+
+def test_info_text_summary(
+    clean_store: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert fcli.main(["info", str(clean_store[0])]) == 0
+    text = capsys.readouterr().out
+    assert "status:       complete" in text
+    assert "images:       26" in text and "errors:       3 (see errors.jsonl)" in text
+    assert "layers:       decaf6 (4096), decaf7 (4096)" in text
+    assert "weights: random" in text and "precision:    fp32" in text
+    assert "classes:      3" in text
+    # per-class counts: 8 per class + the CMYK file in b, 1 unlabeled (bad files excluded)
+    assert [line.split() for line in text.splitlines()[-4:]] == [
+        ["<none>", "1"], ["a", "8"], ["b", "9"], ["c", "8"],
+    ]  # fmt: skip
+
+
+def test_info_json(clean_store: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert fcli.main(["info", str(clean_store[0]), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["complete"] is True and info["num_images"] == 26 and info["num_errors"] == 3
+    assert info["class_counts"] == {"<none>": 1, "a": 8, "b": 9, "c": 8}
+    assert info["manifest"]["layers"] == {"decaf6": 4096, "decaf7": 4096}
+    assert info["disk_bytes"] > 0
+
+
+def test_info_on_missing_store_is_a_clean_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert fcli.main(["info", str(tmp_path / "nope")]) == 2
+    assert "decaf: error: feature store not found" in capsys.readouterr().err
+
+
+def test_extract_unknown_layer_is_a_clean_error(
+    images: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = images
+    code = fcli.main(["extract", str(root), "--out", str(tmp_path / "s"), *SMALL,
+                      "--layers", "decaf6,fc9"])  # fmt: skip
+    assert code == 2
+    assert "fc9" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_ray_engine_receives_the_cli_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[tuple, dict]] = []
+
+    def fake_ray(*args: object, **kwargs: object) -> ExtractionResult:
+        calls.append((args, kwargs))
+        return ExtractionResult(tmp_path / "s", 5, 1, 0.5, 0, {})
+
+    module = types.ModuleType("featurizer.distributed")
+    module.extract_dataset_ray = fake_ray  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "featurizer.distributed", module)
+    argv = ["extract", "imgs", "--out", "s", "--engine", "ray", "--address", "head:6379",
+            "--num-gpus-per-worker", "0.5", "--concurrency", "3",
+            "--layers", "decaf5", "--precision", "bf16", "--json", "--no-progress"]  # fmt: skip
+    assert fcli.main(argv) == 0
+    ((args, kwargs),) = calls
+    assert args == ("imgs", "s")
+    assert kwargs["address"] == "head:6379" and kwargs["layers"] == ("decaf5",)
+    assert kwargs["num_gpus_per_worker"] == 0.5 and kwargs["concurrency"] == 3
+    assert kwargs["precision"] == "bf16" and kwargs["batch_size"] == 64
+    assert json.loads(capsys.readouterr().out)["num_images"] == 5

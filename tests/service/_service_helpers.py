@@ -1,0 +1,77 @@
+"""Helpers shared by the service tests and the load benchmark: images and a real server."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from PIL import Image
+
+
+# --------------------------------------------------------------------------- images
+def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (72, 96), quality: int = 90) -> bytes:
+    """A small noisy JPEG; different seeds give clearly different images (and features)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=3)
+    pixels = np.clip(base + rng.normal(0, 40, (size[0], size[1], 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png_bytes(seed: int = 0, size: tuple[int, int] = (64, 64), mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- real server
+@dataclass
+class LiveServer:
+    app: FastAPI
+    base_url: str
+
+    @property
+    def batcher(self) -> Any:
+        return self.app.state.batcher
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def run_server(app: FastAPI, timeout_s: float = 60.0) -> Iterator[LiveServer]:
+    """Serve `app` with a real uvicorn server on a free loopback port, in a background thread."""
+    import uvicorn
+
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(app=app, base_url=f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

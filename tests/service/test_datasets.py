@@ -1,0 +1,193 @@
+"""Routes: POST /v1/extractions, GET/DELETE /v1/jobs[/{id}], GET /v1/datasets[/{name}]."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service._state_helpers import (
+    API_KEY,
+    error_message,
+    make_image_tree,
+    make_settings,
+    running_client,
+    wait_for_job,
+)
+
+
+@pytest.fixture
+def api(tmp_path: Path, shared_featurizer: Any) -> Iterator[Any]:
+    with running_client(make_settings(tmp_path), shared_featurizer) as client:
+        client.roots = tmp_path / "roots"  # type: ignore[attr-defined]
+        yield client
+
+
+def extraction(root: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {"root": root, "name": name, "layers": ["decaf6"], "batch_size": 8, **extra}
+
+
+def test_extraction_end_to_end(api: Any) -> None:
+    make_image_tree(api.roots / "pets", per_class=4)
+    response = api.post("/v1/extractions", json=extraction("pets", "pets"))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["kind"] == "extraction" and job["status"] in ("queued", "running")
+    assert job["params"]["root"] == str((api.roots / "pets").resolve())
+    done = wait_for_job(api, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["num_images"] == 8 and done["result"]["dataset"] == "pets"
+    progress = done["progress"]
+    assert progress["done"] == progress["total"] == 8 and progress["errors"] == 0
+    assert {"images_per_s", "eta_s"} <= set(progress)
+
+    listed = api.get("/v1/jobs").json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert api.get("/v1/jobs", params={"status": "failed"}).json()["jobs"] == []
+    assert len(api.get("/v1/jobs", params={"kind": "extraction"}).json()["jobs"]) == 1
+
+    datasets = api.get("/v1/datasets").json()["datasets"]
+    assert len(datasets) == 1
+    summary = datasets[0]
+    assert summary["name"] == "pets" and summary["complete"] is True
+    assert summary["num_images"] == 8 and summary["num_classes"] == 2
+    assert summary["layers"] == {"decaf6": 4096} and summary["job_id"] == job["id"]
+
+    info = api.get("/v1/datasets/pets").json()
+    assert info["class_counts"] == {"cat": 4, "dog": 4}
+    assert info["complete"] is True and info["job_id"] == job["id"]
+    assert info["manifest"]["weights_id"] == "random" and info["disk_bytes"] > 0
+
+
+def test_second_extraction_with_the_same_name(api: Any) -> None:
+    make_image_tree(api.roots / "pets", per_class=1)
+    first = api.post("/v1/extractions", json=extraction("pets", "pets")).json()
+    wait_for_job(api, first["id"])
+    again = api.post("/v1/extractions", json=extraction("pets", "pets"))
+    assert again.status_code == 409 and "overwrite" in error_message(again)
+    replaced = api.post("/v1/extractions", json=extraction("pets", "pets", overwrite=True))
+    assert replaced.status_code == 202
+    assert wait_for_job(api, replaced.json()["id"])["status"] == "succeeded"
+
+
+def test_extraction_busy_name_conflicts(api: Any) -> None:
+    make_image_tree(api.roots / "pets", per_class=12)
+    first = api.post("/v1/extractions", json=extraction("pets", "pets", part_size=8))
+    busy = api.post("/v1/extractions", json=extraction("pets", "pets"))
+    assert busy.status_code == 409 and "already being extracted" in error_message(busy)
+    # Cancel it while it runs (or while queued): 202 while stopping, 200 once cancelled.
+    cancelled = api.delete(f"/v1/jobs/{first.json()['id']}")
+    assert cancelled.status_code in (200, 202)
+    assert cancelled.json()["cancel_requested"] is True
+    final = wait_for_job(api, first.json()["id"])
+    assert final["status"] in ("cancelled", "succeeded")  # a fast machine may finish first
+    if final["status"] == "cancelled":
+        assert final["note"] == "cancelled by request" or final["started_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"name": "x"}, "root"),
+        ({"root": "pets"}, "name"),
+        ({"root": "pets", "name": "../evil"}, "name"),
+        ({"root": "pets", "name": "x", "layers": ["fc9"]}, "unknown layer"),
+        ({"root": "pets", "name": "x", "layers": []}, "layers"),
+        ({"root": "pets", "name": "x", "crop": "random"}, "crop"),
+        ({"root": "pets", "name": "x", "precision": "fp8"}, "precision"),
+        ({"root": "pets", "name": "x", "batch_size": 0}, "batch_size"),
+        ({"root": "pets", "name": "x", "engine": "spark"}, "engine"),
+        ({"root": "pets", "name": "x", "colour": "red"}, "colour"),
+        ({"root": "", "name": "x"}, "root"),
+    ],
+)
+def test_extraction_validation_errors(api: Any, body: dict, fragment: str) -> None:
+    response = api.post("/v1/extractions", json=body)
+    assert response.status_code == 422, response.text
+    assert fragment in error_message(response)
+
+
+def test_extraction_root_must_stay_inside_the_data_roots(api: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    make_image_tree(secret, per_class=1)
+    os.symlink(secret, api.roots / "link-out")
+    for root in ("../secret", str(secret), "link-out", "/etc", "pets/../../secret"):
+        response = api.post("/v1/extractions", json=extraction(root, "steal"))
+        assert response.status_code == 403, (root, response.text)
+        assert "outside the allowed data roots" in error_message(response)
+    missing = api.post("/v1/extractions", json=extraction("nowhere", "x"))
+    assert missing.status_code == 404 and "does not exist" in error_message(missing)
+    assert api.get("/v1/jobs").json()["jobs"] == []  # nothing was queued
+
+
+def test_extraction_without_data_roots_is_refused(tmp_path: Path, shared_featurizer: Any) -> None:
+    settings = make_settings(tmp_path, data_roots=[])
+    with running_client(settings, shared_featurizer) as client:
+        response = client.post("/v1/extractions", json=extraction(str(tmp_path), "x"))
+    assert response.status_code == 403
+    assert "DECAF_DATA_ROOTS" in error_message(response)
+
+
+def test_not_found_and_conflicts(api: Any) -> None:
+    assert api.get("/v1/jobs/nope").status_code == 404
+    assert "not found" in error_message(api.get("/v1/jobs/nope"))
+    assert api.delete("/v1/jobs/nope").status_code == 404
+    assert api.get("/v1/datasets/nope").status_code == 404
+    bad = api.get("/v1/datasets/bad name!")
+    assert bad.status_code == 400 and "invalid dataset name" in error_message(bad)
+    assert api.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
+    assert api.get("/v1/jobs", params={"limit": 0}).status_code == 422
+    make_image_tree(api.roots / "one", per_class=1)
+    job = api.post("/v1/extractions", json=extraction("one", "one")).json()
+    wait_for_job(api, job["id"])
+    finished = api.delete(f"/v1/jobs/{job['id']}")
+    assert finished.status_code == 409 and "already finished" in error_message(finished)
+
+
+def test_failed_job_is_reported(api: Any) -> None:
+    (api.roots / "empty").mkdir()
+    job = api.post("/v1/extractions", json=extraction("empty", "empty")).json()
+    failed = wait_for_job(api, job["id"])
+    assert failed["status"] == "failed" and "no files" in failed["error"]
+    # A store that was never written is not listed as a dataset.
+    assert api.get("/v1/datasets").json()["datasets"] == []
+
+
+ROUTES = [
+    ("post", "/v1/extractions"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/jobs/some-id"),
+    ("delete", "/v1/jobs/some-id"),
+    ("get", "/v1/datasets"),
+    ("get", "/v1/datasets/some-name"),
+]
+
+
+def test_api_key_protects_every_route(tmp_path: Path, shared_featurizer: Any) -> None:
+    settings = make_settings(tmp_path, api_key=API_KEY)
+    make_image_tree(tmp_path / "roots" / "pets", per_class=1)
+    with running_client(settings, shared_featurizer) as client:
+        for method, path in ROUTES:
+            kwargs: dict[str, Any] = {}
+            if method == "post":
+                kwargs["json"] = extraction("pets", "pets")
+            missing = client.request(method, path, **kwargs)
+            assert missing.status_code == 401, (path, missing.text)
+            wrong = client.request(method, path, headers={"X-API-Key": "wrong"}, **kwargs)
+            assert wrong.status_code == 401, path
+            ok = client.request(method, path, headers={"X-API-Key": API_KEY}, **kwargs)
+            assert ok.status_code not in (401, 403), (path, ok.text)
+        bearer = client.get("/v1/jobs", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert bearer.status_code == 200
+        jobs = bearer.json()["jobs"]
+        assert len(jobs) == 1  # the authorised POST queued a job
+        wait_for_job(client, jobs[0]["id"], headers={"X-API-Key": API_KEY})
+
+
+def test_no_api_key_configured_means_open(api: Any) -> None:
+    assert api.get("/v1/jobs").status_code == 200
+    assert api.get("/v1/datasets").status_code == 200

@@ -1,0 +1,238 @@
+"""JobManager: real extraction jobs (random-weight AlexNet), cancellation, crash recovery."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from featurizer.store import read_manifest
+from service.jobs import JobConflictError, JobError, JobManager, JobNotFoundError
+from service.state import Database, DatasetRow, JobRow
+from tests.service._state_helpers import make_image_tree, make_settings
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> Any:
+    from featurizer.extractor import Featurizer
+
+    return Featurizer(("decaf6", "decaf7"), weights="random")
+
+
+class CountingFactory:
+    """Hands out the one shared featurizer (jobs run one at a time here) and counts calls."""
+
+    def __init__(self, featurizer: Any) -> None:
+        self.featurizer = featurizer
+        self.calls: list[tuple[Any, str, str]] = []
+
+    def __call__(self, layers: Any, precision: str, crop: str) -> Any:
+        self.calls.append((tuple(layers), precision, crop))
+        assert tuple(layers) == self.featurizer.layers
+        return self.featurizer
+
+
+@pytest.fixture
+def env(tmp_path: Path, featurizer: Any) -> dict[str, Any]:
+    settings = make_settings(tmp_path)
+    db = Database.from_settings(settings)
+    factory = CountingFactory(featurizer)
+    yield {"settings": settings, "db": db, "factory": factory, "tmp": tmp_path}
+    db.close()
+
+
+def manager(env: dict[str, Any], **kwargs: Any) -> JobManager:
+    jobs = JobManager(env["settings"], env["db"], env["factory"], **kwargs)
+    jobs.start()
+    return jobs
+
+
+def extraction_params(env: dict[str, Any], name: str, root: Path, **extra: Any) -> dict:
+    params = {
+        "root": str(root),
+        "out": str(Path(env["settings"].data_dir).resolve() / "datasets" / name),
+        "name": name,
+        "layers": ["decaf6", "decaf7"],
+        "crop": "center",
+        "precision": "fp32",
+        "batch_size": 8,
+        "part_size": 8,
+        "engine": "local",
+        "overwrite": False,
+    }
+    params.update(extra)
+    return params
+
+
+def wait_until(predicate: Any, timeout_s: float = 60.0) -> None:
+    event = threading.Event()
+    for _ in range(int(timeout_s / 0.02)):
+        if predicate():
+            return
+        event.wait(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_extraction_job_runs_to_completion(env: dict[str, Any]) -> None:
+    root = make_image_tree(env["tmp"] / "roots" / "pets", per_class=5)
+    (root / "cat" / "broken.jpg").write_bytes(b"not an image at all")
+    jobs = manager(env)
+    try:
+        job = jobs.submit("extraction", extraction_params(env, "pets", root), dataset="pets")
+        assert job["status"] == "queued" and job["kind"] == "extraction"
+        done = jobs.wait(job["id"])
+    finally:
+        jobs.shutdown()
+    assert done["status"] == "succeeded", done
+    assert done["result"]["num_images"] == 10 and done["result"]["num_errors"] == 1
+    assert done["progress"]["done"] == done["progress"]["total"] == 11
+    assert done["progress"]["errors"] == 1 and done["progress"]["images_per_s"] > 0
+    assert done["attempts"] == 1 and done["started_at"] and done["finished_at"]
+    manifest = read_manifest(done["result"]["store"])
+    assert manifest["complete"] and manifest["classes"] == ["cat", "dog"]
+    with env["db"].session() as session:
+        assert session.get(DatasetRow, "pets").job_id == job["id"]
+    assert env["factory"].calls == [(("decaf6", "decaf7"), "fp32", "center")]
+
+
+def test_failed_job_keeps_the_reason(env: dict[str, Any]) -> None:
+    empty = env["tmp"] / "roots" / "empty"
+    empty.mkdir(parents=True)
+    jobs = manager(env)
+    try:
+        job = jobs.submit("extraction", extraction_params(env, "empty", empty))
+        done = jobs.wait(job["id"])
+    finally:
+        jobs.shutdown()
+    assert done["status"] == "failed"
+    assert "no files" in done["error"]
+
+
+def test_unknown_kind_and_unknown_job(env: dict[str, Any]) -> None:
+    jobs = manager(env)
+    try:
+        with pytest.raises(JobError, match="unknown job kind"):
+            jobs.submit("mining", {})
+        with pytest.raises(JobNotFoundError):
+            jobs.get("nope")
+        with pytest.raises(JobNotFoundError):
+            jobs.cancel("nope")
+    finally:
+        jobs.shutdown()
+
+
+def test_cancel_queued_and_running_then_resume(env: dict[str, Any]) -> None:
+    root = make_image_tree(env["tmp"] / "roots" / "big", per_class=24)  # 48 images, 6 parts
+    small = make_image_tree(env["tmp"] / "roots" / "small", per_class=2)
+    jobs = manager(env)  # one worker: the second job waits in the queue
+    try:
+        running = jobs.submit("extraction", extraction_params(env, "big", root), dataset="big")
+        queued = jobs.submit("extraction", extraction_params(env, "small", small))
+        assert jobs.cancel(queued["id"])["status"] == "cancelled"
+        wait_until(lambda: jobs.get(running["id"])["progress"].get("done", 0) >= 8)
+        asked = jobs.cancel(running["id"])
+        assert asked["cancel_requested"] is True
+        stopped = jobs.wait(running["id"])
+        assert stopped["status"] == "cancelled"
+        assert jobs.get(queued["id"])["status"] == "cancelled"
+        assert jobs.get(queued["id"])["started_at"] is None  # never ran
+        with pytest.raises(JobConflictError, match="already finished"):
+            jobs.cancel(running["id"])
+        # Submitting the same extraction again picks up the parts already written.
+        again = jobs.submit("extraction", extraction_params(env, "big", root), dataset="big")
+        finished = jobs.wait(again["id"])
+    finally:
+        jobs.shutdown()
+    assert finished["status"] == "succeeded", finished
+    assert finished["result"]["resumed_parts"] >= 1
+    assert finished["result"]["num_images"] == 48
+    listed = {job["id"] for job in jobs.list()}
+    assert {running["id"], queued["id"], again["id"]} <= listed
+    assert [job["id"] for job in jobs.list(status="succeeded")] == [again["id"]]
+
+
+def _insert(db: Database, job_id: str, status: str, params: dict, **fields: Any) -> None:
+    with db.session() as session:
+        session.add(JobRow(id=job_id, kind="extraction", status=status, params=params, **fields))
+
+
+def test_start_recovers_jobs_a_crash_left_behind(env: dict[str, Any]) -> None:
+    root = make_image_tree(env["tmp"] / "roots" / "crash", per_class=3)
+    db = env["db"]
+    # What a SIGKILLed server leaves in the database:
+    _insert(db, "was-running", "running", extraction_params(env, "a", root), attempts=1)
+    _insert(db, "was-queued", "queued", extraction_params(env, "b", root))
+    _insert(db, "crash-loop", "running", extraction_params(env, "c", root), attempts=3)
+    _insert(
+        db,
+        "was-cancelling",
+        "running",
+        extraction_params(env, "d", root),
+        attempts=1,
+        cancel_requested=True,
+    )
+    _insert(db, "finished", "succeeded", extraction_params(env, "e", root), attempts=1)
+    jobs = manager(env)
+    try:
+        resumed = jobs.wait("was-running")
+        queued = jobs.wait("was-queued")
+    finally:
+        jobs.shutdown()
+    assert resumed["status"] == "succeeded" and resumed["attempts"] == 2
+    assert "resumed after the server stopped" in resumed["note"]
+    assert queued["status"] == "succeeded" and queued["attempts"] == 1
+    looping = jobs.get("crash-loop")
+    assert looping["status"] == "interrupted" and "crash loop" in looping["error"]
+    assert jobs.get("was-cancelling")["status"] == "cancelled"
+    assert jobs.get("finished")["status"] == "succeeded"  # untouched
+    assert read_manifest(resumed["result"]["store"])["complete"]
+
+
+def test_graceful_shutdown_pauses_and_next_start_resumes(env: dict[str, Any]) -> None:
+    root = make_image_tree(env["tmp"] / "roots" / "pause", per_class=16)  # 32 images
+    jobs = manager(env)
+    job = jobs.submit("extraction", extraction_params(env, "pause", root))
+    wait_until(lambda: jobs.get(job["id"])["progress"].get("done", 0) >= 8)
+    jobs.shutdown()
+    paused = jobs.get(job["id"])
+    if paused["status"] == "succeeded":
+        pytest.skip("the machine finished the job before the shutdown reached it")
+    assert paused["status"] == "queued", paused
+    assert "paused by a server shutdown" in paused["note"]
+    again = manager(env)
+    try:
+        done = again.wait(job["id"])
+    finally:
+        again.shutdown()
+    assert done["status"] == "succeeded"
+    assert done["result"]["resumed_parts"] >= 1 and done["result"]["num_images"] == 32
+
+
+def test_only_one_manager_recovers_per_data_dir(env: dict[str, Any]) -> None:
+    # Several server workers on one data dir: only the lock holder requeues crashed jobs.
+    first = manager(env)
+    second = JobManager(env["settings"], env["db"], env["factory"])
+    try:
+        assert second._recovery_lock.acquire() is False
+    finally:
+        first.shutdown()
+    assert second._recovery_lock.acquire() is True
+    second._recovery_lock.release()
+
+
+def test_cancel_flag_set_by_another_process_is_noticed(env: dict[str, Any]) -> None:
+    # With several server workers, DELETE may land in a process that does not run the job.
+    root = make_image_tree(env["tmp"] / "roots" / "remote", per_class=20)
+    jobs = manager(env)
+    try:
+        job = jobs.submit("extraction", extraction_params(env, "remote", root))
+        wait_until(lambda: jobs.get(job["id"])["progress"].get("done", 0) >= 8)
+        with env["db"].session() as session:
+            session.get(JobRow, job["id"]).cancel_requested = True
+        final = jobs.wait(job["id"])
+    finally:
+        jobs.shutdown()
+    assert final["status"] == "cancelled", final
+    assert final["progress"]["done"] < 40
