@@ -197,6 +197,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rss-workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, help="repeats of (b), best kept (3)")
     parser.add_argument("--workdir", default=None, help="where to build images (default: tmp)")
+    parser.add_argument(
+        "--no-ray", action="store_true", help="skip the Ray-local vs default-engine row (d)"
+    )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
@@ -252,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             replicate(rss_base, work / "rss4", 4), work / "rss-store", args
         ),
     }
+    ray_report = None if args.no_ray else measure_ray(folders["small"], work, args)
     print_report(rows, rss, args, torch.get_num_threads())
+    if ray_report is not None:
+        print_ray_report(ray_report)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -294,6 +300,35 @@ def print_report(rows: list[Row], rss: dict, args: argparse.Namespace, threads: 
     growth = rss[counts[-1]]["main"] / rss[counts[0]]["main"]
     print(f"  main-process growth for {counts[-1] // counts[0]}x the images: {growth:.2f}x "
           "(target: ~1.0)")  # fmt: skip
+
+
+def measure_ray(folder: Path, work: Path, args: argparse.Namespace) -> dict | None:
+    """(d) the Ray Data engine on a local Ray vs the default engine, same folder, same run."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("(d) skipped: ray is not installed (pip install 'decaf[ray]')", file=sys.stderr)
+        return None
+    from benchmarks.extract_ray import ray_rows
+
+    print("(d) ray local vs default engine on small ...", file=sys.stderr)
+    return ray_rows(folder, work / "ray", weights=args.weights, batch_size=args.batch_size,
+                    workers=2, repeats=1 if args.quick else 2)  # fmt: skip
+
+
+def print_ray_report(report: dict) -> None:
+    print("\n(d) Ray Data engine (local Ray) vs default engine, small images, fp32:")
+    print(f"| {'engine':<24} | {'images':>6} | {'img/s e2e':>9} | {'start-up s':>10} | "
+          f"{'img/s steady':>12} |")  # fmt: skip
+    print(f"|{'-' * 26}|{'-' * 8}|{'-' * 11}|{'-' * 12}|{'-' * 14}|")
+    for row in report["rows"]:
+        print(f"| {row['engine']:<24} | {row['images']:>6} | {row['e2e_ips']:>9.1f} | "
+              f"{row['startup_s']:>10.1f} | {row['steady_ips']:>12.1f} |")  # fmt: skip
+    print(f"  ray / default: steady {report['ratio_steady']:.2f}, end to end "
+          f"{report['ratio_e2e']:.2f} (target: overhead < 25%, i.e. steady >= 0.75); "
+          f"ray.init {report['ray_init_s']:.1f} s and first worker start "
+          f"{report['ray_warmup_s']:.1f} s not included; "
+          f"same rows: {report['same_rows']}")  # fmt: skip
 
 
 def _best_extract(rows: list[Row]) -> dict[str, dict[str, tuple[str, float]]]:

@@ -298,12 +298,11 @@ async def run_burst(server: Server, burst: int, images: list[bytes], layer: str)
 
 
 # --------------------------------------------------------------------------- offline baselines
-def offline_numbers(args: argparse.Namespace, images: list[bytes]) -> dict[str, float]:
+def offline_numbers(
+    args: argparse.Namespace, images: list[bytes], featurizer: Any
+) -> dict[str, float]:
     import torch
 
-    from featurizer.extractor import Featurizer
-
-    featurizer = Featurizer(layers=[args.layer], weights=args.weights)
     batch = args.max_batch_size
     count = max(batch * 2, args.offline_images)
     sample = [images[i % len(images)] for i in range(count)]
@@ -416,10 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.stop()
         results.sort(key=lambda r: (r.server != "decaf", r.clients))
         print("# offline featurizer ...", file=sys.stderr)
-        # In a worker thread, like the server's batcher (torch's OpenMP pool behaves the same
-        # there; on a busy machine the main thread measured much slower at batch 1).
+        # Built in this thread, run in a worker thread: exactly how the server uses the model
+        # (lifespan builds it, the batcher thread runs it). On a busy 2-core machine, forward
+        # passes in the thread that built the Featurizer (which calls torch.set_num_threads)
+        # measured 4-7x slower at batch 1 than in another thread.
+        from featurizer.extractor import Featurizer
+
+        featurizer = Featurizer(layers=[args.layer], weights=args.weights)
         with ThreadPoolExecutor(1) as pool:
-            offline = pool.submit(offline_numbers, args, images).result()
+            offline = pool.submit(offline_numbers, args, images, featurizer).result()
         print(
             f"# burst of {burst} into a server with max queue {args.burst_queue}", file=sys.stderr
         )

@@ -17,6 +17,7 @@ Every evaluation costs two (n x d) @ (d x k) matrix products; the gradient comes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -106,11 +107,15 @@ def fit_lbfgs(
     max_iter: int = 100,
     tol: float = 1e-4,
     history_size: int = 10,
+    check_every: int | None = None,
+    should_stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Minimise the objective for one C; ``init`` warm-starts from a previous solution.
 
     Stops when the largest absolute gradient entry falls below ``tol`` (the same criterion as
-    scipy's L-BFGS-B ``gtol`` that sklearn uses) or after ``max_iter`` iterations.
+    scipy's L-BFGS-B ``gtol`` that sklearn uses), after ``max_iter`` iterations, or, when
+    ``should_stop(W, b)`` is given, once it returns True at one of the checks made every
+    ``check_every`` iterations (the L-BFGS history is kept across checks).
     """
     X = problem.X
     d = X.shape[1]
@@ -122,11 +127,12 @@ def fit_lbfgs(
         W, b = init[0].clone(), init[1].clone()
     W.requires_grad_(True)
     b.requires_grad_(True)
+    chunk = max_iter if should_stop is None or not check_every else min(check_every, max_iter)
     optimizer = torch.optim.LBFGS(
         [W, b],
         lr=1.0,
-        max_iter=max_iter,
-        max_eval=int(max_iter * 1.5) + 5,
+        max_iter=chunk,
+        max_eval=int(chunk * 1.5) + 5,
         tolerance_grad=tol,
         tolerance_change=1e-9,
         history_size=history_size,
@@ -139,10 +145,16 @@ def fit_lbfgs(
         value.backward()
         return value
 
-    optimizer.step(closure)
-    state = optimizer.state[optimizer._params[0]]
-    n_iter = int(state.get("n_iter", 0))
-    return W.detach(), b.detach(), max(n_iter, 1)
+    state = optimizer.state[W]
+    done = 0
+    while done < max_iter:
+        optimizer.step(closure)
+        ran = int(state.get("n_iter", 0)) - done
+        done += ran
+        # Fewer iterations than allowed means a tolerance was met: converged.
+        if ran < chunk or (should_stop is not None and should_stop(W.detach(), b.detach())):
+            break
+    return W.detach(), b.detach(), max(done, 1)
 
 
 def to_solution(W: torch.Tensor, b: torch.Tensor, n_iter: int) -> LinearSolution:

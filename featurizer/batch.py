@@ -535,7 +535,24 @@ def _loader_for(featurizer: Featurizer) -> Callable[[str], Any]:
 
 
 def _flush_part(job: _StoreJob, records: Sequence[ImageRecord], buffer: _PartBuffer) -> None:
-    dims = job.manifest["layers"]
+    index, rows, errors = write_part_buffer(
+        job.out, job.config_sha, job.manifest["layers"], records, buffer
+    )
+    job.record_part(index, rows, errors)
+
+
+def write_part_buffer(
+    out: Path,
+    config_sha: str,
+    dims: dict[str, int],
+    records: Sequence[ImageRecord],
+    buffer: _PartBuffer,
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """Write one complete part (rows in the buffer's order) without touching the manifest.
+
+    Shared by both engines; the manifest update (``_StoreJob.record_part``) stays with the caller
+    because it must happen on one thread.
+    """
     features = {
         name: np.concatenate(buffer.chunks[name])
         if buffer.chunks.get(name)
@@ -547,16 +564,16 @@ def _flush_part(job: _StoreJob, records: Sequence[ImageRecord], buffer: _PartBuf
         for i, reason in sorted(buffer.errors)
     ]
     fstore.write_part(
-        job.out,
+        out,
         buffer.index,
         paths=[records[i].path for i in buffer.rows],
         labels=[records[i].label for i in buffer.rows],
         features=features,
         layer_dims=dims,
         errors=errors,
-        config_sha256=job.config_sha,
+        config_sha256=config_sha,
     )
-    job.record_part(buffer.index, len(buffer.rows), errors)
+    return buffer.index, len(buffer.rows), errors
 
 
 class _Rate:

@@ -43,8 +43,7 @@ from typing import Any
 import numpy as np
 
 from featurizer import batch as local
-from featurizer import store as fstore
-from featurizer.batch import ExtractionCancelled, ExtractionResult, ProgressFn
+from featurizer.batch import ExtractionCancelled, ExtractionResult, ProgressFn, write_part_buffer
 from featurizer.dataset import CollatedBatch, DatasetError, ImageRecord, scan_image_folder
 from featurizer.errors import DecafError
 
@@ -593,7 +592,7 @@ class PartWriter:
         dims = dict(self.job.manifest["layers"])
         self.in_flight.add(
             self.pool.submit(
-                write_part_buffer, self.job.out, self.job.config_sha, dims, self.records, buffer
+                write_sorted_part, self.job.out, self.job.config_sha, dims, self.records, buffer
             )
         )
         finished, _ = wait(self.in_flight, timeout=0)
@@ -608,40 +607,15 @@ class PartWriter:
             self.job.record_part(index, rows, errors)
 
 
-def write_part_buffer(
+def write_sorted_part(
     out: Path,
     config_sha: str,
     dims: dict[str, int],
     records: Sequence[ImageRecord],
     buffer: Any,  # featurizer.batch._PartBuffer
 ) -> tuple[int, int, list[dict[str, Any]]]:
-    """Write one complete part with :func:`featurizer.store.write_part` (rows in index order).
-
-    Same row, label and error layout as the local engine's ``_flush_part``, minus the manifest
-    update, which must stay on one thread.
-    """
-    buffer = sorted_buffer(buffer)
-    features = {
-        name: buffer.chunks[name][0]
-        if buffer.chunks.get(name)
-        else np.empty((0, dim), dtype=np.float32)
-        for name, dim in dims.items()
-    }
-    errors = [
-        {"path": records[i].path, "label": records[i].label, "error": reason}
-        for i, reason in sorted(buffer.errors)
-    ]
-    fstore.write_part(
-        out,
-        buffer.index,
-        paths=[records[i].path for i in buffer.rows],
-        labels=[records[i].label for i in buffer.rows],
-        features=features,
-        layer_dims=dims,
-        errors=errors,
-        config_sha256=config_sha,
-    )
-    return buffer.index, len(buffer.rows), errors
+    """Ray blocks arrive out of order: sort the part's rows, then write it like the local engine."""
+    return write_part_buffer(out, config_sha, dims, records, sorted_buffer(buffer))
 
 
 def _unwrapped(ray: ModuleType, batches: Any) -> Iterator[dict[str, np.ndarray]]:

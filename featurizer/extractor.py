@@ -23,6 +23,7 @@ from featurizer.errors import ImageDecodeError
 from featurizer.images import DEFAULT_MAX_PIXELS, ImageSource
 from featurizer.precision import (
     Precision,
+    check_precision,
     default_num_threads,
     resolve_device,
 )
@@ -65,6 +66,7 @@ class Featurizer:
         self.spec: BackboneSpec = get_backbone_spec(backbone)
         self.layers: tuple[str, ...] = check_layers(self.spec, layers)
         self.device: torch.device = resolve_device(device)
+        check_precision(precision, self.device)  # before the (slow) weights load
         self.precision: str = precision
         self.crop: str = crop
         self.max_pixels = max_pixels

@@ -186,6 +186,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_decode_wait_ms=settings.max_decode_wait_ms,
         max_queue=settings.max_queue,
         on_batch=metrics.on_batch,
+        activity=lambda: metrics.in_flight,
     ).start()
     metrics.watch_queue(lambda: batcher.queue_depth)
     decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decaf-decode")

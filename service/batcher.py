@@ -12,7 +12,8 @@ Requests also announce images they are still decoding (`expecting()`): a batch w
 up to `max_decode_wait_ms` after its first image, because with closed-loop clients the next wave
 arrives a few decodes apart, and on a CPU box the decoders and the model share the same cores
 anyway: one forward of 30 images is far cheaper than ten forwards of 3. With one client nothing is
-announced while the queue is empty, so single-request latency is not affected.
+announced while the queue is empty, so single-request latency is not affected; and when the
+server has no other request in flight (`activity`), the batch does not wait `max_wait_ms` either.
 A full queue raises `QueueFullError` at once (the HTTP layer answers 503 + Retry-After) instead
 of letting latency and memory grow without bound. Items whose future was cancelled (the client
 went away, or the request timed out) are dropped before the forward pass.
@@ -95,6 +96,7 @@ class MicroBatcher:
         max_queue: int = 256,
         max_decode_wait_ms: float = 0.0,
         on_batch: BatchHook | None = None,
+        activity: Callable[[], int] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or max_decode_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, waits >= 0")
@@ -105,6 +107,9 @@ class MicroBatcher:
         self._incoming = 0  # images announced by requests and still being decoded
         self.max_queue = max_queue
         self.on_batch = on_batch
+        # Requests in flight in the server (HTTP layer); when the batch already holds images of
+        # all of them, nobody else can join it and the max_wait window is skipped.
+        self.activity = activity
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -235,6 +240,8 @@ class MicroBatcher:
         while len(batch) < self.max_batch_size:
             now = time.perf_counter()
             waiting_for_decodes = self._incoming > 0 and now < decode_deadline
+            if not waiting_for_decodes and self._nothing_else_coming(len(batch)):
+                break
             remaining = (decode_deadline if waiting_for_decodes else deadline) - now
             try:
                 if remaining <= 0:
@@ -251,6 +258,12 @@ class MicroBatcher:
                 return batch, True
             batch.append(item)
         return batch, False
+
+    def _nothing_else_coming(self, batch_size: int) -> bool:
+        """True when no other request is in flight: waiting max_wait would only add latency."""
+        if self.activity is None or self._incoming > 0 or not self._queue.empty():
+            return False
+        return self.activity() <= batch_size
 
     def _process(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.cancelled()]

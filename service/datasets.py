@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 
 from featurizer.backbone import LAYER_NAMES
@@ -87,8 +87,25 @@ class ExtractionRequest(BaseModel):
     part_size: int | None = Field(
         None, ge=1, le=1_000_000, description="rows per Parquet part (the unit of resume)"
     )
-    engine: Literal["local"] = Field(
-        "local", description="'local': this server's thread pool (a Ray engine may come later)"
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="'local': this server's decode workers and model; 'ray': Ray Data on the "
+        "server's DECAF_RAY_ADDRESS cluster (or a local Ray), needs the ray extra "
+        "(pip install 'decaf[ray]')",
+    )
+    num_gpus_per_worker: float | None = Field(
+        None,
+        ge=0,
+        le=8,
+        description="engine 'ray' only: GPUs per model actor (default: 1 if the cluster has "
+        "GPUs, else 0)",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="engine 'ray' only: number of model actors (default: one per GPU, or one "
+        "per CPU node)",
     )
     overwrite: bool = Field(
         False, description="replace a finished store of the same name instead of answering 409"
@@ -101,6 +118,19 @@ class ExtractionRequest(BaseModel):
         if unknown:
             raise ValueError(f"unknown layer(s) {unknown}; available: {list(LAYER_NAMES)}")
         return list(dict.fromkeys(layers))  # drop duplicates, keep the order
+
+    @model_validator(mode="after")
+    def _ray_options_need_ray(self) -> ExtractionRequest:
+        # Silently ignoring them would let a client believe it got 4 GPU actors.
+        if self.engine != "ray":
+            given = [
+                name
+                for name in ("num_gpus_per_worker", "concurrency")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(f'{" and ".join(given)} only apply to "engine": "ray"')
+        return self
 
 
 class JobOut(BaseModel):
@@ -161,6 +191,7 @@ class DatasetList(BaseModel):
         403: {"description": "root outside DECAF_DATA_ROOTS (or none configured)"},
         404: {"description": "root does not exist"},
         409: {"description": "a store of that name exists or is being written"},
+        501: {"description": "engine 'ray' asked but Ray is not installed on the server"},
     },
 )
 def create_extraction(
@@ -184,14 +215,32 @@ def create_extraction(
         "batch_size": body.batch_size,
         "part_size": body.part_size,
         "engine": body.engine,
+        "num_gpus_per_worker": body.num_gpus_per_worker,
+        "concurrency": body.concurrency,
         "overwrite": body.overwrite,
     }
+    if body.engine == "ray":
+        _check_ray_available()
     try:
         job = jobs.submit("extraction", params, dataset=body.name)
     except JobError as exc:
         raise http_error(exc) from exc
     response.headers["Location"] = f"/v1/jobs/{job['id']}"
     return job
+
+
+def _check_ray_available() -> None:
+    """Refuse engine "ray" at submit time when the server cannot import Ray (501, with the
+    install hint) rather than queueing a job that can only fail.
+    """
+    from featurizer.distributed import EngineUnavailableError, import_ray
+
+    try:
+        import_ray()
+    except EngineUnavailableError as exc:
+        raise HTTPException(
+            status.HTTP_501_NOT_IMPLEMENTED, f'"engine": "ray" is not available here: {exc}'
+        ) from exc
 
 
 def _check_no_conflict(jobs: JobManager, name: str, out: Path, overwrite: bool) -> None:
@@ -255,7 +304,8 @@ def get_job(job_id: str, jobs: JobsDep) -> dict:
         409: {"description": "the job already finished"},
     },
     description="A queued job is cancelled at once (200). A running one stops after its "
-    "current batch (202; poll the job); the parts it finished stay on disk, so submitting the "
+    "current batch (202; poll the job; up to a second later when the job runs in another "
+    "server process); the parts it finished stay on disk, so submitting the "
     "same extraction again resumes it. A finished job answers 409.",
 )
 def cancel_job(job_id: str, jobs: JobsDep, response: Response) -> dict:

@@ -176,14 +176,15 @@ async def _featurize_one(
             "UnsupportedContentType",
         )
     try:
-        data = await read_limited(upload, settings.max_upload_bytes)
-        loop = asyncio.get_running_loop()
-        with batcher.expecting():  # lets a forming batch wait for this image
+        # Announced from the start, so a forming batch waits for this image (see batcher).
+        with batcher.expecting():
+            data = await read_limited(upload, settings.max_upload_bytes)
+            loop = asyncio.get_running_loop()
             tensor = await loop.run_in_executor(
                 decode_pool(request), prepare_tensor, featurizer, data, crop, settings.max_pixels
             )
             del data
-            pending = batcher.enqueue(tensor, layers)
+        pending = batcher.enqueue(tensor, layers)  # no await in between: nothing is missed
         features = await pending
     except FileTooLargeError as exc:
         return ImageResult(filename, None, str(exc), "FileTooLarge")

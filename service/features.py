@@ -20,6 +20,7 @@ Response, chosen by `Accept` (or `?format=json|npy|npz`, handy in a browser):
   `X-Decaf-Errors` (JSON list of `{"index", "filename", "error"}` for the failed files).
 - `application/x-npz`: an `.npz` (no pickle) with one `(n_ok, dim)` array per layer, plus
   `filenames` (rows), `failed_filenames` and `failed_errors` string arrays; same headers.
+When no image worked, every format answers with the JSON error body described above.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ marked `interrupted` after `max_attempts` starts instead of crash-looping; it is
 
 Each extraction job builds its own Featurizer through `featurizer_factory(layers, precision,
 crop)`: the server's featurizer belongs to the micro-batcher and is not safe for concurrent
-forward calls, while the factory can share the weights already loaded in memory.
+forward calls, while the factory can share the weights already loaded in memory. Jobs with
+`engine: "ray"` build no model here: featurizer.distributed builds it inside the Ray actors, on
+the cluster of `settings.ray_address` (a server setting, never a request field) or a local Ray.
 
 Only one process per data directory recovers jobs (an advisory lock in `data_dir`), so running
 the server with several workers never executes a recovered job twice.
@@ -25,12 +27,15 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from featurizer.errors import DecafError
 from service.state import Database, DatasetRow, JobRow, iso, utcnow
+
+if TYPE_CHECKING:
+    from featurizer.batch import ExtractionResult
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,7 @@ class JobContext:
     featurizer_factory: FeaturizerFactory
     stop_event: threading.Event
     _report: Callable[[dict[str, Any], bool], None]
+    cancel_poll_interval_s: float = CANCEL_POLL_INTERVAL_S
     _next_db_check: float = 0.0
 
     def should_stop(self) -> bool:
@@ -87,7 +93,8 @@ class JobContext:
         now = time.monotonic()
         if now >= self._next_db_check:
             # DELETE may have reached another worker process: its flag is in the database.
-            self._next_db_check = now + CANCEL_POLL_INTERVAL_S
+            # Read at most once per interval, so such a cancel is seen up to that much later.
+            self._next_db_check = now + self.cancel_poll_interval_s
             with self.db.session() as session:
                 row = session.get(JobRow, self.job_id)
                 if row is not None and row.cancel_requested:
@@ -160,11 +167,13 @@ class JobManager:
         featurizer_factory: FeaturizerFactory,
         *,
         max_attempts: int = 3,
+        cancel_poll_interval_s: float = CANCEL_POLL_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self.db = db
         self.featurizer_factory = featurizer_factory
         self.max_attempts = max_attempts
+        self.cancel_poll_interval_s = cancel_poll_interval_s
         self._lock = threading.RLock()
         self._stops: dict[str, threading.Event] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -351,6 +360,7 @@ class JobManager:
                 featurizer_factory=self.featurizer_factory,
                 stop_event=stop,
                 _report=self._progress_writer(job_id),
+                cancel_poll_interval_s=self.cancel_poll_interval_s,
             )
 
     def _progress_writer(self, job_id: str) -> Callable[[dict[str, Any], bool], None]:
@@ -451,34 +461,29 @@ def _progress_dict(progress: Any) -> dict[str, Any]:
 
 def run_extraction_job(ctx: JobContext) -> dict[str, Any]:
     """Extract `params.root` into `params.out`; resumes from the parts already written."""
-    from featurizer.batch import extract_dataset
-
     params = ctx.params
-    featurizer = ctx.featurizer_factory(params["layers"], params["precision"], params["crop"])
     last: dict[str, Any] = {}
 
     def on_progress(progress: Any) -> None:
         last.update(_progress_dict(progress))
         ctx.report(last)
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {
+        "layers": tuple(params["layers"]),
+        "precision": params["precision"],
+        "crop": params["crop"],
+        "batch_size": int(params["batch_size"]),
+        # Overwrite only on the first attempt: a resumed job must keep what it already wrote.
+        "overwrite": bool(params.get("overwrite")) and ctx.attempt == 1,
+        "progress": on_progress,
+        "should_stop": ctx.should_stop,
+    }
     if params.get("part_size"):
         options["part_size"] = int(params["part_size"])
-    result = extract_dataset(
-        params["root"],
-        params["out"],
-        featurizer=featurizer,
-        layers=tuple(params["layers"]),
-        precision=params["precision"],
-        crop=params["crop"],
-        batch_size=int(params["batch_size"]),
-        workers=max(1, int(getattr(ctx.settings, "decode_threads", 2))),
-        # Overwrite only on the first attempt: a resumed job must keep what it already wrote.
-        overwrite=bool(params.get("overwrite")) and ctx.attempt == 1,
-        progress=on_progress,
-        should_stop=ctx.should_stop,
-        **options,
-    )
+    if params.get("engine") == "ray":
+        result = _extract_with_ray(ctx, options)
+    else:
+        result = _extract_locally(ctx, options)
     total = result.num_images + result.num_errors
     final = {
         "done": total,
@@ -497,6 +502,40 @@ def run_extraction_job(ctx: JobContext) -> dict[str, Any]:
         "resumed_parts": result.resumed_parts,
         "progress": final,
     }
+
+
+def _extract_locally(ctx: JobContext, options: dict[str, Any]) -> ExtractionResult:
+    from featurizer.batch import extract_dataset
+
+    params = ctx.params
+    featurizer = ctx.featurizer_factory(params["layers"], params["precision"], params["crop"])
+    return extract_dataset(
+        params["root"],
+        params["out"],
+        featurizer=featurizer,
+        workers=max(1, int(getattr(ctx.settings, "decode_threads", 2))),
+        **options,
+    )
+
+
+def _extract_with_ray(ctx: JobContext, options: dict[str, Any]) -> ExtractionResult:
+    """Ray Data engine: the model is built inside the Ray actors from the server's settings,
+    on the cluster of `settings.ray_address` (never a request field) or a local Ray.
+    """
+    from featurizer.distributed import extract_dataset_ray
+
+    params, settings = ctx.params, ctx.settings
+    return extract_dataset_ray(
+        params["root"],
+        params["out"],
+        weights=settings.weights,
+        backbone=getattr(settings, "backbone", "alexnet"),
+        device=getattr(settings, "device", "auto"),
+        address=getattr(settings, "ray_address", None),
+        num_gpus_per_worker=params.get("num_gpus_per_worker"),
+        concurrency=params.get("concurrency"),
+        **options,
+    )
 
 
 def _run_probe_fit_job(ctx: JobContext) -> dict[str, Any]:

@@ -92,6 +92,13 @@ class ServiceMetrics:
             f"Images through the model per second over the last {throughput_window_s:g} s",
             registry=self.registry,
         )
+        self.in_flight_gauge = Gauge(
+            "decaf_http_requests_in_flight",
+            "HTTP requests being processed",
+            registry=self.registry,
+        )
+        self.in_flight = 0  # plain int too: the batcher reads it from its thread
+        self.in_flight_gauge.set_function(lambda: self.in_flight)
         self.model_loaded = Gauge(
             "decaf_model_loaded", "1 when the model is loaded and serving", registry=self.registry
         )
@@ -172,6 +179,7 @@ class RequestMetricsMiddleware:
             return
         started = time.perf_counter()
         status_holder = {"status": 500}
+        self.metrics.in_flight += 1
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -181,6 +189,7 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_flight -= 1
             seconds = time.perf_counter() - started
             route = _route_template(scope)
             method = scope.get("method", "")

@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1)
     job_workers: int = Field(1, ge=1)
 
+    # Distributed extraction (engine "ray"). A server setting only: a request must never be
+    # able to point this server at an arbitrary cluster.
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster for extraction jobs with engine 'ray' (e.g. 'ray://head:10001' "
+        "or 'head:6379'); unset: a local Ray started on this machine for the job",
+    )
+
     # Operations
     log_json: bool = False
     log_level: str = "INFO"
@@ -89,10 +97,10 @@ class Settings(BaseSettings):
     def _accept_separated_strings(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "ray_address", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: Any) -> Any:
-        # `DECAF_API_KEY=` (empty) in a compose file means "no key", not "the empty key".
+    def _empty_is_none(cls, value: Any) -> Any:
+        # `DECAF_API_KEY=` (empty) in a compose file means "not set", not "the empty string".
         return None if isinstance(value, str) and not value.strip() else value
 
     @property

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from classifiers import LinearProbe, ProbeMismatchError, evaluate
+from classifiers import LinearProbe, evaluate
 from service.cli import main as decaf_main
 
 PER_CLASS = 25  # 250 images: 10 digits x 25
@@ -189,19 +189,14 @@ def test_fit_predict_and_mismatch(digits_store, capsys, tmp_path):
     assert result["errors"][0]["path"] == picks[2] and "broken.png" in err
     assert [p["top_k"][0]["label"] for p in result["predictions"]] == ["7", "2"]
 
-    # A different weights file means different features: refused with a clear error.
-    import torch
-
-    from featurizer.weights import resolve_weights
-
-    other = tmp_path / "other.pth"
-    torch.save(resolve_weights("random", seed=1).state_dict, other)
+    # A probe trained on other weights must refuse these features with a clear error.
+    meta["weights_id"], meta["weights_sha256"] = "file:other.pth", "ab" * 32
+    (probe_dir / "probe.json").write_text(json.dumps(meta))
     code, _, err = run_cli(
-        capsys, "probe", "predict", str(probe_dir), picks[0], "--weights", str(other)
+        capsys, "probe", "predict", str(probe_dir), picks[0], "--weights", "random"
     )
     assert code == 2
-    assert "weights_id" in err
-    assert issubclass(ProbeMismatchError, Exception)
+    assert "do not match the probe" in err and "weights_id" in err
 
 
 def test_torch_and_sklearn_agree_on_digits_features(digits_store):

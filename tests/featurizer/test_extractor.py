@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,12 @@ def test_png_with_alpha_is_accepted_end_to_end(fz, photos):
     photos[0].convert("RGBA").save(buffer, format="PNG")
     out = fz.extract([buffer.getvalue()], layers=["decaf5"])
     assert out["decaf5"].shape == (1, 9216)
+
+
+def test_importing_featurizer_never_imports_the_web_stack():
+    code = (
+        "import sys, featurizer\n"
+        "bad = [m for m in ('fastapi', 'starlette', 'uvicorn', 'sqlalchemy') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -113,6 +113,9 @@ def test_precision_and_device_errors_are_clear():
         with pytest.raises(PrecisionError, match="CUDA is not available"):
             resolve_device("cuda:1")
     assert resolve_device("cpu") == cpu
+    # Checked before weights are loaded: a missing file would otherwise be reported first.
+    with pytest.raises(PrecisionError, match="fp16"):
+        Featurizer(["decaf5"], weights="/no/such.pth", precision="fp16", device="cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
 

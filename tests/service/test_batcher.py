@@ -138,6 +138,32 @@ def test_batch_waits_for_announced_decodes_but_not_forever(shared_featurizer):
     assert 0.7 < waited < 10
 
 
+@pytest.mark.parametrize(("in_flight", "waits"), [(1, False), (2, True)])
+def test_max_wait_is_skipped_when_no_other_request_is_in_flight(
+    shared_featurizer, in_flight, waits
+):
+    [tensor] = tensors(shared_featurizer, 1)
+    shared_featurizer.forward(tensor.unsqueeze(0))  # warm-up, so timing is the batcher's
+    batcher = MicroBatcher(shared_featurizer, max_wait_ms=1500, activity=lambda: in_flight).start()
+
+    async def scenario() -> float:
+        started = time.perf_counter()
+        await batcher.submit(tensor, frozenset({"decaf6"}))
+        return time.perf_counter() - started
+
+    try:
+        forward_started = time.perf_counter()
+        shared_featurizer.forward(tensor.unsqueeze(0))
+        forward_s = time.perf_counter() - forward_started
+        waited = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    if waits:  # another request may still join: the window is kept
+        assert waited >= 1.4
+    else:  # nobody else can join: no reason to wait
+        assert waited < 1.0 + 3 * forward_s
+
+
 def test_full_queue_raises_with_retry_after(shared_featurizer):
     inputs = tensors(shared_featurizer, 3)
     batcher = MicroBatcher(shared_featurizer, max_batch_size=4, max_queue=2)

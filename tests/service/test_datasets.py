@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,11 @@ def test_extraction_busy_name_conflicts(api: Any) -> None:
         ({"root": "pets", "name": "x", "precision": "fp8"}, "precision"),
         ({"root": "pets", "name": "x", "batch_size": 0}, "batch_size"),
         ({"root": "pets", "name": "x", "engine": "spark"}, "engine"),
+        ({"root": "pets", "name": "x", "engine": "ray", "concurrency": 0}, "concurrency"),
+        ({"root": "pets", "name": "x", "engine": "ray", "num_gpus_per_worker": -1}, "num_gpus"),
+        ({"root": "pets", "name": "x", "concurrency": 2}, '"engine": "ray"'),
+        ({"root": "pets", "name": "x", "num_gpus_per_worker": 1}, "num_gpus_per_worker"),
+        ({"root": "pets", "name": "x", "ray_address": "evil:6379"}, "ray_address"),
         ({"root": "pets", "name": "x", "colour": "red"}, "colour"),
         ({"root": "", "name": "x"}, "root"),
     ],
@@ -109,6 +115,70 @@ def test_extraction_validation_errors(api: Any, body: dict, fragment: str) -> No
     response = api.post("/v1/extractions", json=body)
     assert response.status_code == 422, response.text
     assert fragment in error_message(response)
+
+
+def test_ray_engine_is_accepted_by_the_schema(api: Any) -> None:
+    from service.datasets import ExtractionRequest
+
+    request = ExtractionRequest(
+        root="pets", name="x", engine="ray", num_gpus_per_worker=0.5, concurrency=2
+    )
+    assert (request.engine, request.num_gpus_per_worker, request.concurrency) == ("ray", 0.5, 2)
+    schema = api.get("/openapi.json").json()["components"]["schemas"]["ExtractionRequest"]
+    assert schema["properties"]["engine"]["enum"] == ["local", "ray"]
+    assert "ray_address" not in schema["properties"]  # the cluster is the server's choice
+
+
+def test_ray_engine_without_ray_is_refused_at_submit(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import featurizer.distributed
+    from featurizer.distributed import INSTALL_HINT
+
+    # What `import ray` does when the extra is not installed.
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(featurizer.distributed.EngineUnavailableError):
+        featurizer.distributed.import_ray()
+    make_image_tree(api.roots / "pets", per_class=1)
+    response = api.post("/v1/extractions", json=extraction("pets", "pets", engine="ray"))
+    assert response.status_code == 501, response.text
+    assert INSTALL_HINT in error_message(response) and "engine" in error_message(response)
+    assert api.get("/v1/jobs").json()["jobs"] == []  # nothing was queued
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_engine_job_writes_the_same_store_as_the_local_engine(api: Any) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from featurizer.store import load_features, read_manifest
+
+    make_image_tree(api.roots / "pets", per_class=4, size=32)  # 8 tiny images
+    (api.roots / "pets" / "cat" / "broken.jpg").write_bytes(b"not an image")
+    ids = {}
+    for engine in ("local", "ray"):
+        body = extraction("pets", f"pets-{engine}", engine=engine, part_size=5)
+        response = api.post("/v1/extractions", json=body)
+        assert response.status_code == 202, response.text
+        ids[engine] = response.json()["id"]
+    done = {engine: wait_for_job(api, job_id, timeout_s=180) for engine, job_id in ids.items()}
+    for engine, job in done.items():
+        assert job["status"] == "succeeded", (engine, job)
+        assert job["result"]["num_images"] == 8 and job["result"]["num_errors"] == 1
+        assert job["progress"]["done"] == job["progress"]["total"] == 9
+    assert done["ray"]["params"]["engine"] == "ray"
+    info = api.get("/v1/datasets/pets-ray").json()
+    assert info["complete"] is True and info["class_counts"] == {"cat": 4, "dog": 4}
+    stores = {engine: Path(job["result"]["store"]) for engine, job in done.items()}
+    assert read_manifest(stores["ray"])["engine"] == "ray"
+    x_local, y_local, paths_local = load_features(stores["local"], "decaf6")
+    x_ray, y_ray, paths_ray = load_features(stores["ray"], "decaf6")
+    assert paths_ray == paths_local and len(paths_ray) == 8
+    assert list(y_ray) == list(y_local)
+    assert x_ray.shape == x_local.shape == (8, 4096)
+    # Same random weights, same preprocessing: the same features up to float rounding.
+    assert float(abs(x_ray - x_local).max()) < 1e-4 and float(abs(x_ray).max()) > 0
 
 
 def test_extraction_root_must_stay_inside_the_data_roots(api: Any, tmp_path: Path) -> None:

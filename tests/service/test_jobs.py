@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -222,17 +223,91 @@ def test_only_one_manager_recovers_per_data_dir(env: dict[str, Any]) -> None:
     second._recovery_lock.release()
 
 
+class HeldFeaturizer:
+    """The real featurizer, except that forward pass number `hold_at` waits for `release`.
+
+    Lets a test act while a job is known to be mid-extraction, however fast or loaded the
+    machine is (a job of tiny images can otherwise finish before the test gets to act).
+    """
+
+    def __init__(self, featurizer: Any, hold_at: int) -> None:
+        self._featurizer = featurizer
+        self.hold_at = hold_at
+        self.forward_calls = 0
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._featurizer, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.forward_calls += 1
+        if self.forward_calls == self.hold_at:
+            self.holding.set()
+            if not self.release.wait(timeout=60):
+                raise RuntimeError("the test never released the held forward pass")
+        return self._featurizer.forward(*args, **kwargs)
+
+
 def test_cancel_flag_set_by_another_process_is_noticed(env: dict[str, Any]) -> None:
-    # With several server workers, DELETE may land in a process that does not run the job.
-    root = make_image_tree(env["tmp"] / "roots" / "remote", per_class=20)
-    jobs = manager(env)
+    # With several server workers, DELETE may land in a process that does not run the job:
+    # the only trace is the flag in the database, which the running job polls.
+    root = make_image_tree(env["tmp"] / "roots" / "remote", per_class=20)  # 40 images, 5 batches
+    held = HeldFeaturizer(env["factory"].featurizer, hold_at=2)
+    env["factory"].featurizer = held
+    # Poll the flag at every batch (the default throttles it to once per second, which a job of
+    # 5 tiny batches can outrun: that race, not a missed flag, made this test flaky).
+    jobs = manager(env, cancel_poll_interval_s=0.0)
+    other_process = Database(env["settings"].resolved_database_url)  # its own connections
     try:
         job = jobs.submit("extraction", extraction_params(env, "remote", root))
-        wait_until(lambda: jobs.get(job["id"])["progress"].get("done", 0) >= 8)
-        with env["db"].session() as session:
+        assert held.holding.wait(timeout=60), "the job never reached its second batch"
+        with other_process.session() as session:
             session.get(JobRow, job["id"]).cancel_requested = True
+        held.release.set()
         final = jobs.wait(job["id"])
     finally:
+        held.release.set()
         jobs.shutdown()
+        other_process.close()
     assert final["status"] == "cancelled", final
-    assert final["progress"]["done"] < 40
+    assert final["note"] == "cancelled by request" and final["cancel_requested"] is True
+    # Stopped right after the batch that was running when the flag was written...
+    assert held.forward_calls == 2
+    # ...keeping the two finished parts (part_size 8) for a resume, and no more.
+    store = Path(final["params"]["out"])
+    assert len(sorted(store.glob("part-*.parquet"))) == 2
+    assert read_manifest(store)["complete"] is False
+
+
+def test_cancel_poll_reads_the_database_at_most_once_per_interval(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # should_stop() runs after every batch and must not cost a database read each time; a
+    # cancel written by another process is seen within one interval instead.
+    from service.jobs import JobContext
+
+    _insert(env["db"], "job", "running", {})
+    ctx = JobContext(
+        job_id="job",
+        kind="extraction",
+        params={},
+        attempt=1,
+        settings=env["settings"],
+        db=env["db"],
+        featurizer_factory=env["factory"],
+        stop_event=threading.Event(),
+        _report=lambda progress, force: None,
+        cancel_poll_interval_s=0.2,
+    )
+    now = [100.0]
+    # A fake clock for service.jobs only (the real `time` module stays untouched).
+    monkeypatch.setattr("service.jobs.time", SimpleNamespace(monotonic=lambda: now[0]))
+    assert ctx.should_stop() is False  # the first call reads the flag
+    with env["db"].session() as session:
+        session.get(JobRow, "job").cancel_requested = True
+    now[0] += 0.1
+    assert ctx.should_stop() is False  # within the interval: not read again
+    now[0] += 0.11
+    assert ctx.should_stop() is True  # interval over: read, and remembered
+    assert ctx.stop_event.is_set()
