@@ -37,7 +37,7 @@ from classifiers.probe import DEFAULT_CS, LinearProbe, mean_per_class_accuracy
 from classifiers.synthetic import make_features
 
 FULL_SIZES = {"caltech101": (3060, 4096, 102), "sun397": (19850, 4096, 397)}
-QUICK_SIZES = {"caltech101": (612, 512, 51), "sun397": (1200, 512, 60)}
+QUICK_SIZES = {"caltech101": (510, 256, 51), "sun397": (600, 256, 30)}
 
 
 def size(text: str) -> tuple[int, int, int]:

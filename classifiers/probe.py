@@ -25,8 +25,10 @@ activations, as in the paper). The copies are drawn once from ``random_state`` s
 stays deterministic and full-batch L-BFGS applies; it works the same for both backends.
 
 ``backend="auto"`` picks torch when n_samples * n_features >= ``TORCH_MIN_WORK`` (1e6, e.g.
-250 images of a 4096-d layer): below that, scikit-learn finishes in well under a second and
-torch's per-call overhead dominates.
+250 images of a 4096-d layer), and for logistic regression also when n_features * n_classes >=
+``TORCH_MIN_PARAMS`` (2e4; scipy's L-BFGS-B, behind sklearn's LogisticRegression, spends
+milliseconds per iteration on that many parameters even for a handful of samples). Below that,
+scikit-learn finishes in well under a second and torch's per-call overhead dominates.
 
 ``predict_proba``: softmax (sigmoid if binary) of the scores. For logistic regression these are
 the model's probabilities; for the SVM they are *uncalibrated* scores mapped to [0, 1] that only
@@ -51,6 +53,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 DEFAULT_CS: tuple[float, ...] = tuple(10.0**e for e in range(-4, 3))
 FALLBACK_C = 1.0
 TORCH_MIN_WORK = 1_000_000
+TORCH_MIN_PARAMS = 20_000
 HOLDOUT_WORK = 5e9
 PATIENCE = 2
 # Search fits stop early once the validation score changes by <= SETTLED between checks made
@@ -219,7 +222,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def _resolve_backend(self, shape: tuple[int, int]) -> str:
         if self.backend != "auto":
             return self.backend
-        return "torch" if shape[0] * shape[1] >= TORCH_MIN_WORK else "sklearn"
+        if shape[0] * shape[1] >= TORCH_MIN_WORK:
+            return "torch"
+        # scipy's L-BFGS-B bookkeeping (behind LogisticRegression) costs ~ms per iteration per
+        # 10k parameters whatever n is; torch's does not.
+        n_params = shape[1] * len(self.classes_)
+        return (
+            "torch" if self.classifier == "logreg" and n_params >= TORCH_MIN_PARAMS else "sklearn"
+        )
 
     # ------------------------------------------------------------ C search
     def _search_C(self, engine: _Engine, y_idx: np.ndarray) -> tuple[float, Any, dict | None]:

@@ -94,6 +94,8 @@ def test_eval_beats_chance_and_reports_raw_pixel_baseline(digits_store, capsys):
         "2",
         "--Cs",
         "0.001,0.1",
+        "--cv",
+        "2",
         "--json",
     )
     assert code == 0
