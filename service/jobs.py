@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import select
 
@@ -44,6 +44,7 @@ ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
 PROGRESS_WRITE_INTERVAL_S = 0.5
 CANCEL_POLL_INTERVAL_S = 1.0
+RECOVERY_RETRY_S = 2.0  # how often a non-owner checks whether the recovery owner is gone
 
 FeaturizerFactory = Callable[[Any, str, str], Any]
 
@@ -130,10 +131,19 @@ def job_to_dict(row: JobRow) -> dict[str, Any]:
 
 
 class _ProcessLock:
-    """Advisory, non-blocking lock on a file; released by the OS if the process dies."""
+    """Advisory, non-blocking lock on a file; released by the OS when the owning process dies.
+
+    POSIX record locks (``lockf``), not ``flock``: a flock is shared with forked children, so
+    a killed server's DataLoader workers would keep it for seconds after the kill and the
+    restarted server would skip recovery. Record locks belong to one process only; within a
+    process the set below makes a second holder fail too.
+    """
+
+    _held_here: ClassVar[set[Path]] = set()
+    _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = path.resolve()
         self._handle: Any = None
 
     def acquire(self) -> bool:
@@ -141,20 +151,26 @@ class _ProcessLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: single process assumed
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the process lifetime
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return False
-        self._handle = handle
-        return True
+        with self._guard:
+            if self.path in self._held_here:
+                return False
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # noqa: SIM115 - held open for the process lifetime
+            try:
+                fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                return False
+            self._handle = handle
+            self._held_here.add(self.path)
+            return True
 
     def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        with self._guard:
+            if self._handle is not None:
+                self._handle.close()  # closing the file drops the record lock
+                self._handle = None
+                self._held_here.discard(self.path)
 
 
 class JobManager:
@@ -195,6 +211,9 @@ class JobManager:
             self._recover()
         else:
             log.info("another server process owns job recovery for %s", self.settings.data_dir)
+            threading.Thread(
+                target=self._take_over_recovery, name="decaf-job-recovery", daemon=True
+            ).start()
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         """Stop running jobs after their current batch; they resume on the next start."""
@@ -207,6 +226,20 @@ class JobManager:
             self._executor.shutdown(wait=timeout_s is None, cancel_futures=True)
             self._executor = None
         self._recovery_lock.release()
+
+    def _take_over_recovery(self) -> None:
+        """Recover once the process that holds the lock is gone (it may have crashed)."""
+        while not self._shutting_down:
+            time.sleep(RECOVERY_RETRY_S)
+            if self._shutting_down:
+                return
+            if self._recovery_lock.acquire():
+                if self._shutting_down:  # lost the race with shutdown(): nothing to run on
+                    self._recovery_lock.release()
+                    return
+                log.info("took over job recovery for %s", self.settings.data_dir)
+                self._recover()
+                return
 
     def _recover(self) -> None:
         resumed: list[str] = []
