@@ -211,8 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.simplefilter("ignore")  # the random-weights warning, once per Featurizer
-    import torch
-
+    # Before anything imports torch: importing featurizer sets its OpenMP wait policy.
     from featurizer.extractor import Featurizer
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="decaf-bench-"))
@@ -256,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     ray_report = None if args.no_ray else measure_ray(folders["small"], work, args)
+    import torch
+
     print_report(rows, rss, args, torch.get_num_threads())
     if ray_report is not None:
         print_ray_report(ray_report)
