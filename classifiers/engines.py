@@ -53,7 +53,7 @@ class Engine:
             else (self.sample_weight if rows is None else self.sample_weight[rows])
         )
         if probe.dropout > 0:
-            prepared, y, sw = _dropout_copies(
+            prepared, y, sw = dropout_copies(
                 prepared, y, sw, probe.dropout, probe.dropout_copies, probe.random_state
             )
         return probe._standardize(prepared, dtype), y, sw
@@ -68,7 +68,7 @@ class Engine:
         raise NotImplementedError
 
 
-def _dropout_copies(
+def dropout_copies(
     X: np.ndarray, y: np.ndarray, sw: np.ndarray | None, p: float, copies: int, seed: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     rng = np.random.default_rng(seed)
