@@ -20,7 +20,13 @@ from classifiers.options import (
     SCORE_KIND_DESCRIPTIONS,
     ScoreKind,
 )
-from classifiers.registry import protocol_names, protocols_help
+from classifiers.registry import (
+    PROTOCOL_PARAMETERS,
+    PROTOCOLS,
+    get_protocol,
+    protocol_names,
+    protocols_help,
+)
 
 # The LinearProbe parameters that have a flag; each flag's dest is the parameter's name.
 ESTIMATOR_FLAGS = ("C", "Cs", "cv", "backend", "device", "class_weight", "dropout", "l2_normalize")
@@ -132,12 +138,13 @@ def _fit(args: argparse.Namespace) -> int:
     from classifiers.persistence import provenance_from_manifest, save_probe
     from featurizer.store import read_manifest
 
+    probe = _make_probe(args, args.classifier)  # invalid options fail before any loading
     manifest = read_manifest(args.store)
     provenance = provenance_from_manifest(manifest, args.layer)
     data = _labelled_features(args.store, args.layer)
     X, y = data.X, data.y
     started = time.perf_counter()
-    probe = _make_probe(args, args.classifier).fit(X, y)
+    probe.fit(X, y)
     seconds = time.perf_counter() - started
     metrics = {
         "train_accuracy": float(probe.score(X, y)),
@@ -228,58 +235,60 @@ def _shots(text: str) -> list[int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from classifiers.protocols import evaluate, few_shot_curve
-
     layers, classifiers = _csv(args.layer), _csv(args.classifier)
     unknown = [c for c in classifiers if c not in CLASSIFIER_KINDS]
     if unknown or not classifiers:
         raise ProbeError(
             f"unknown classifier(s) {unknown}; choose from {', '.join(CLASSIFIER_KINDS)}"
         )
+    if args.shots and "n_train" not in get_protocol(args.protocol).reads:
+        per_class = [name for name, entry in PROTOCOLS.items() if "n_train" in entry.reads]
+        raise ProbeError(
+            f"--shots varies n_train, which protocol {args.protocol!r} does not have; "
+            f"use {' or '.join(per_class)}, or drop --shots"
+        )
     rows: list[dict[str, Any]] = []
-    show = not args.json
     for layer in layers:
         data = _labelled_features(args.store, layer)
-        X, y, paths = data.X, data.y, data.paths
         for classifier in classifiers:
-            probe = _make_probe(args, classifier)
-            if args.shots:
-                curve = few_shot_curve(
-                    X,
-                    y,
-                    paths,
-                    probe=probe,
-                    shots=args.shots,
-                    max_test=50 if args.max_test is None else args.max_test,
-                    splits=args.splits,
-                    seed=args.seed,
-                    show_progress=show,
-                )
-                rows += [
-                    _row(layer, classifier, result, shot=result.params["n_train"])
-                    for result in curve
-                ]
-            else:
-                result = evaluate(
-                    X,
-                    y,
-                    paths,
-                    protocol=args.protocol,
-                    probe=probe,
-                    n_train=args.n_train,
-                    max_test=args.max_test,
-                    splits=args.splits,
-                    seed=args.seed,
-                    train_fraction=args.train_fraction,
-                    split_file=args.split_file,
-                    show_progress=show,
-                )
-                rows.append(_row(layer, classifier, result))
+            rows += _evaluate(args, data, layer, classifier)
     if args.json:
         print(json.dumps({"store": str(args.store), "results": rows}, indent=2))
     else:
         print(format_table(rows))
     return 0
+
+
+def _evaluate(args: argparse.Namespace, data: Any, layer: str, classifier: str) -> list[dict]:
+    """Table rows of one layer and classifier: one per protocol run (per shot for a curve)."""
+    from classifiers.protocols import evaluate, few_shot_curve
+
+    probe = _make_probe(args, classifier)
+    if args.shots:
+        curve = few_shot_curve(
+            data.X,
+            data.y,
+            data.paths,
+            probe=probe,
+            shots=args.shots,
+            max_test=50 if args.max_test is None else args.max_test,
+            splits=args.splits,
+            seed=args.seed,
+            show_progress=not args.json,
+        )
+        return [_row(layer, classifier, result, shot=result.params["n_train"]) for result in curve]
+    # Each protocol parameter has a flag whose dest is the parameter's name.
+    protocol_options = {name: getattr(args, name) for name in PROTOCOL_PARAMETERS}
+    result = evaluate(
+        data.X,
+        data.y,
+        data.paths,
+        protocol=args.protocol,
+        probe=probe,
+        show_progress=not args.json,
+        **protocol_options,
+    )
+    return [_row(layer, classifier, result)]
 
 
 def _row(layer: str, classifier: str, result: Any, shot: int | None = None) -> dict[str, Any]:

@@ -36,7 +36,8 @@ PROBE_FORMAT_VERSION = 1
 JSON_NAME = "probe.json"
 ARRAYS_NAME = "arrays.npz"
 ARRAY_KEYS = ("coef", "intercept", "mean", "scale")
-# Provenance fields that must agree between a probe and the features it is applied to.
+# Provenance fields that must agree between a probe and the features it is applied to (the layer
+# and its dimension are checked beside them, in check_compatible).
 COMPATIBILITY_KEYS = ("backbone", "weights_id", "weights_sha256", "preprocessing")
 
 

@@ -82,19 +82,28 @@ class ProtocolResult:
 
     @property
     def mean(self) -> float:
-        return float(np.mean([s.mean_class_accuracy for s in self.splits]))
+        """Mean over splits of the mean per-class accuracy (the papers' number)."""
+        return self._spread("mean_class_accuracy")[0]
 
     @property
     def std(self) -> float:
-        return float(np.std([s.mean_class_accuracy for s in self.splits]))
+        """Population std over splits of the mean per-class accuracy."""
+        return self._spread("mean_class_accuracy")[1]
 
     @property
     def accuracy_mean(self) -> float:
-        return float(np.mean([s.accuracy for s in self.splits]))
+        """Mean over splits of the overall accuracy."""
+        return self._spread("accuracy")[0]
 
     @property
     def accuracy_std(self) -> float:
-        return float(np.std([s.accuracy for s in self.splits]))
+        """Population std over splits of the overall accuracy."""
+        return self._spread("accuracy")[1]
+
+    def _spread(self, metric: str) -> tuple[float, float]:
+        """Mean and population std (ddof=0) of ``metric`` over the splits."""
+        values = [getattr(split, metric) for split in self.splits]
+        return float(np.mean(values)), float(np.std(values))
 
     @property
     def per_class_accuracy(self) -> dict[str, float]:

@@ -42,7 +42,7 @@ class ProtocolParams:
     split_file: str | Path | None = None
 
 
-PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ProtocolParams))
+PROTOCOL_PARAMETERS: tuple[str, ...] = tuple(f.name for f in fields(ProtocolParams))
 
 
 class Splitter(Protocol):
@@ -63,11 +63,11 @@ class ProtocolEntry:
     needs_split_file: bool = False
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.reads) - set(PARAMETER_NAMES))
+        unknown = sorted(set(self.reads) - set(PROTOCOL_PARAMETERS))
         if unknown:
             raise ValueError(
                 f"protocol {self.name!r} reads unknown parameters {unknown}; "
-                f"ProtocolParams has {list(PARAMETER_NAMES)}"
+                f"ProtocolParams has {list(PROTOCOL_PARAMETERS)}"
             )
 
     def splitter(self, params: ProtocolParams) -> Splitter:
@@ -78,7 +78,7 @@ class ProtocolEntry:
         """``params`` as a result records them: the ones this protocol does not read are None."""
         return {
             name: (_jsonable(getattr(params, name)) if name in self.reads else None)
-            for name in PARAMETER_NAMES
+            for name in PROTOCOL_PARAMETERS
         }
 
 
@@ -118,7 +118,7 @@ def _jsonable(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------ builders
-def _per_class(default_n_train: int, default_max_test: int) -> Callable[[ProtocolParams], Any]:
+def _per_class(name: str, default_n_train: int, default_max_test: int) -> ProtocolEntry:
     def build(params: ProtocolParams) -> Splitter:
         from classifiers.splits import PerClassSplitter
 
@@ -129,7 +129,13 @@ def _per_class(default_n_train: int, default_max_test: int) -> Callable[[Protoco
             seed=params.seed,
         )
 
-    return build
+    return ProtocolEntry(
+        name,
+        f"n_train random training images per class (default {default_n_train}), the rest "
+        f"test, at most max_test per class (default {default_max_test})",
+        reads=("n_train", "max_test", "splits", "seed"),
+        build=build,
+    )
 
 
 def _stratified(params: ProtocolParams) -> Splitter:
@@ -148,41 +154,25 @@ def _predefined(params: ProtocolParams) -> Splitter:
     return PredefinedSplitter(params.split_file)
 
 
-register_protocol(
-    ProtocolEntry(
-        "caltech101",
-        "n_train random training images per class (default 30), the rest test, at most "
-        "max_test per class (default 50)",
-        reads=("n_train", "max_test", "splits", "seed"),
-        build=_per_class(30, 50),
-    )
-)
-register_protocol(
-    ProtocolEntry(
-        "sun397",
-        "n_train random training images per class (default 50), at most max_test test "
-        "images per class (default 50)",
-        reads=("n_train", "max_test", "splits", "seed"),
-        build=_per_class(50, 50),
-    )
-)
-register_protocol(
+_BUILT_IN = (
+    _per_class("caltech101", 30, 50),
+    _per_class("sun397", 50, 50),
     ProtocolEntry(
         "stratified",
         "train_fraction of each class trains (at least 1 image), the rest tests",
         reads=("train_fraction", "splits", "seed"),
         build=_stratified,
-    )
-)
-register_protocol(
+    ),
     ProtocolEntry(
         "predefined",
         "the train/test paths of a split file (JSON, or 'train PATH' / 'test PATH' lines)",
         reads=("split_file",),
         build=_predefined,
         needs_split_file=True,
-    )
+    ),
 )
+for _entry in _BUILT_IN:
+    register_protocol(_entry)
 
 PROTOCOL_NAMES: tuple[str, ...] = protocol_names()
 # A Literal built from the registry, for pydantic and argparse; the built-in names, in order.

@@ -111,3 +111,10 @@ def test_predictions_carry_scores_of_the_probes_kind(classifier, capsys):
     out, _ = capsys.readouterr()
     assert out.splitlines()[0].startswith(f"score: {probe.score_kind} (")
     assert out.splitlines()[1].startswith("img0.jpg: ")
+
+
+def test_shots_need_a_protocol_with_n_train():
+    flags = ["--protocol", "stratified", "--shots", "1"]
+    args = parser().parse_args(["probe", "eval", "store", *flags])
+    with pytest.raises(ProbeError, match="use caltech101 or sun397, or drop --shots"):
+        args.func(args)
