@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from classifiers.errors import ProbeError, ProbeMismatchError
-from classifiers.probe import LinearProbe, make_probe
+from classifiers.probe import PARAMETER_NAMES, LinearProbe, make_probe
 
 PROBE_FORMAT = "decaf-probe"
 PROBE_FORMAT_VERSION = 1
@@ -285,8 +285,7 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def _known_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters this version knows (a probe from a newer version may carry more)."""
-    known = LinearProbe().get_params()
-    return {k: v for k, v in params.items() if k in known}
+    return {k: v for k, v in params.items() if k in PARAMETER_NAMES}
 
 
 def _check_arrays(probe: LinearProbe, root: Path) -> None:
