@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from classifiers.options import CLASSIFIER_KINDS, SEARCH_MODES
 from classifiers.probe import DEFAULT_CS, LinearProbe, mean_per_class_accuracy
 from classifiers.synthetic import make_features
 
@@ -51,13 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--problems", default="caltech101,sun397")
-    parser.add_argument("--classifiers", default="logreg,svm")
+    parser.add_argument("--classifiers", default=",".join(CLASSIFIER_KINDS))
     parser.add_argument(
         "--caltech101", type=size, default=None, help="N,D,K of the Caltech problem"
     )
     parser.add_argument("--sun397", type=size, default=None, help="N,D,K of the SUN problem")
     parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--search", default="auto", choices=["auto", "kfold", "holdout"])
+    parser.add_argument("--search", default="auto", choices=SEARCH_MODES)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-reference", action="store_true", help="time ours only")
     parser.add_argument("--threads", type=int, default=None, help="torch/BLAS threads")

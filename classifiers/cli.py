@@ -13,9 +13,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from classifiers.errors import ProbeError
+from classifiers.options import (
+    BACKENDS,
+    CLASS_WEIGHT_MODES,
+    CLASSIFIER_KINDS,
+    SCORE_KIND_DESCRIPTIONS,
+    ScoreKind,
+)
+from classifiers.registry import (
+    PROTOCOL_PARAMETERS,
+    PROTOCOLS,
+    get_protocol,
+    protocol_names,
+    protocols_help,
+)
 
-CLASSIFIERS = ("logreg", "svm")
-PROTOCOL_CHOICES = ("caltech101", "sun397", "stratified", "predefined")
+# The LinearProbe parameters that have a flag; each flag's dest is the parameter's name.
+ESTIMATOR_FLAGS = ("C", "Cs", "cv", "backend", "device", "class_weight", "dropout", "l2_normalize")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,9 +61,9 @@ def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
         help="C grid for C='auto', comma-separated (default 1e-4,1e-3,...,1e2)",
     )
     parser.add_argument("--cv", type=_positive_int, default=3, help="folds for C='auto'")
-    parser.add_argument("--backend", default="auto", choices=["auto", "sklearn", "torch"])
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--device", default="auto", help="torch backend device: auto, cpu, cuda")
-    parser.add_argument("--class-weight", default=None, choices=["balanced"])
+    parser.add_argument("--class-weight", default=None, choices=CLASS_WEIGHT_MODES)
     parser.add_argument("--dropout", type=float, default=0.0, help="feature dropout rate")
     parser.add_argument("--l2-normalize", action="store_true", help="L2-normalise each sample")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -77,6 +91,7 @@ def _c_grid(text: str) -> list[float]:
     return values
 
 
+# TODO(argtypes): use the shared argparse types of featurizer/argtypes.py once merged.
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -89,34 +104,21 @@ def _csv(text: str) -> list[str]:
 
 
 def _make_probe(args: argparse.Namespace, classifier: str) -> Any:
-    from classifiers.probe import LinearProbe
+    from classifiers.probe import make_probe
 
-    return LinearProbe(
-        classifier=classifier,
-        C=args.C,
-        Cs=args.Cs,
-        cv=args.cv,
-        backend=args.backend,
-        device=args.device,
-        class_weight=args.class_weight,
-        dropout=args.dropout,
-        l2_normalize=args.l2_normalize,
-        progress=not args.json and sys.stderr.isatty(),
-    )
+    options = {name: getattr(args, name) for name in ESTIMATOR_FLAGS}
+    progress = not args.json and sys.stderr.isatty()
+    return make_probe({**options, "classifier": classifier, "progress": progress})
 
 
-def _labelled_features(store: str, layer: str) -> tuple[Any, Any, list[str]]:
-    import numpy as np
-
+def _labelled_features(store: str, layer: str) -> Any:
+    from classifiers.data import labelled_rows
     from featurizer.store import load_features
 
-    X, y, paths = load_features(store, layer)
-    keep = np.array([label is not None for label in y], dtype=bool)
-    if not keep.any():
-        raise ProbeError(f"store {store} has no labelled images (class sub-folders)")
-    if not keep.all():
-        print(f"decaf: ignoring {int((~keep).sum())} unlabelled images", file=sys.stderr)
-    return X[keep], y[keep].astype(str), [p for p, k in zip(paths, keep, strict=True) if k]
+    labelled = labelled_rows(*load_features(store, layer), source=f"store {store}")
+    if labelled.dropped:
+        print(f"decaf: ignoring {labelled.dropped} unlabelled images", file=sys.stderr)
+    return labelled
 
 
 # ---------------------------------------------------------------------- fit
@@ -124,7 +126,7 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("fit", help="fit a probe on all labelled images of a store")
     parser.add_argument("store", metavar="STORE", help="feature store made by `decaf extract`")
     parser.add_argument("--layer", default="decaf6", help="feature layer (default decaf6)")
-    parser.add_argument("--classifier", default="logreg", choices=CLASSIFIERS)
+    parser.add_argument("--classifier", default="logreg", choices=CLASSIFIER_KINDS)
     parser.add_argument("--out", "-o", required=True, metavar="PROBE", help="probe directory")
     _add_estimator_options(parser)
     parser.set_defaults(func=_fit)
@@ -136,11 +138,13 @@ def _fit(args: argparse.Namespace) -> int:
     from classifiers.persistence import provenance_from_manifest, save_probe
     from featurizer.store import read_manifest
 
+    probe = _make_probe(args, args.classifier)  # invalid options fail before any loading
     manifest = read_manifest(args.store)
     provenance = provenance_from_manifest(manifest, args.layer)
-    X, y, _ = _labelled_features(args.store, args.layer)
+    data = _labelled_features(args.store, args.layer)
+    X, y = data.X, data.y
     started = time.perf_counter()
-    probe = _make_probe(args, args.classifier).fit(X, y)
+    probe.fit(X, y)
     seconds = time.perf_counter() - started
     metrics = {
         "train_accuracy": float(probe.score(X, y)),
@@ -159,6 +163,7 @@ def _fit(args: argparse.Namespace) -> int:
         "classes": len(probe.classes_),
         "C": probe.C_,
         "backend": probe.backend_,
+        "score_kind": probe.score_kind,
         **metrics,
     }
     if args.json:
@@ -182,8 +187,17 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("store", metavar="STORE", help="feature store made by `decaf extract`")
     parser.add_argument("--layer", default="decaf6", help="layer(s), comma-separated")
-    parser.add_argument("--classifier", default="logreg", help="logreg, svm or both (comma)")
-    parser.add_argument("--protocol", default="caltech101", choices=PROTOCOL_CHOICES)
+    parser.add_argument(
+        "--classifier",
+        default="logreg",
+        help=f"{', '.join(CLASSIFIER_KINDS)} or several (comma-separated)",
+    )
+    parser.add_argument(
+        "--protocol",
+        default="caltech101",
+        choices=protocol_names(),
+        help="evaluation protocol (default %(default)s): " + protocols_help(separator="; "),
+    )
     parser.add_argument("--splits", type=_positive_int, default=5, help="random splits")
     parser.add_argument(
         "--n-train",
@@ -221,55 +235,60 @@ def _shots(text: str) -> list[int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from classifiers.protocols import evaluate, few_shot_curve
-
     layers, classifiers = _csv(args.layer), _csv(args.classifier)
-    unknown = [c for c in classifiers if c not in CLASSIFIERS]
+    unknown = [c for c in classifiers if c not in CLASSIFIER_KINDS]
     if unknown or not classifiers:
-        raise ProbeError(f"unknown classifier(s) {unknown}; choose from {', '.join(CLASSIFIERS)}")
+        raise ProbeError(
+            f"unknown classifier(s) {unknown}; choose from {', '.join(CLASSIFIER_KINDS)}"
+        )
+    if args.shots and "n_train" not in get_protocol(args.protocol).reads:
+        per_class = [name for name, entry in PROTOCOLS.items() if "n_train" in entry.reads]
+        raise ProbeError(
+            f"--shots varies n_train, which protocol {args.protocol!r} does not have; "
+            f"use {' or '.join(per_class)}, or drop --shots"
+        )
     rows: list[dict[str, Any]] = []
-    show = not args.json
     for layer in layers:
-        X, y, paths = _labelled_features(args.store, layer)
+        data = _labelled_features(args.store, layer)
         for classifier in classifiers:
-            probe = _make_probe(args, classifier)
-            if args.shots:
-                curve = few_shot_curve(
-                    X,
-                    y,
-                    paths,
-                    probe=probe,
-                    shots=args.shots,
-                    max_test=50 if args.max_test is None else args.max_test,
-                    splits=args.splits,
-                    seed=args.seed,
-                    show_progress=show,
-                )
-                rows += [
-                    _row(layer, classifier, result, shot=result.params["n_train"])
-                    for result in curve
-                ]
-            else:
-                result = evaluate(
-                    X,
-                    y,
-                    paths,
-                    protocol=args.protocol,
-                    probe=probe,
-                    n_train=args.n_train,
-                    max_test=args.max_test,
-                    splits=args.splits,
-                    seed=args.seed,
-                    train_fraction=args.train_fraction,
-                    split_file=args.split_file,
-                    show_progress=show,
-                )
-                rows.append(_row(layer, classifier, result))
+            rows += _evaluate(args, data, layer, classifier)
     if args.json:
         print(json.dumps({"store": str(args.store), "results": rows}, indent=2))
     else:
         print(format_table(rows))
     return 0
+
+
+def _evaluate(args: argparse.Namespace, data: Any, layer: str, classifier: str) -> list[dict]:
+    """Table rows of one layer and classifier: one per protocol run (per shot for a curve)."""
+    from classifiers.protocols import evaluate, few_shot_curve
+
+    probe = _make_probe(args, classifier)
+    if args.shots:
+        curve = few_shot_curve(
+            data.X,
+            data.y,
+            data.paths,
+            probe=probe,
+            shots=args.shots,
+            max_test=50 if args.max_test is None else args.max_test,
+            splits=args.splits,
+            seed=args.seed,
+            show_progress=not args.json,
+        )
+        return [_row(layer, classifier, result, shot=result.params["n_train"]) for result in curve]
+    # Each protocol parameter has a flag whose dest is the parameter's name.
+    protocol_options = {name: getattr(args, name) for name in PROTOCOL_PARAMETERS}
+    result = evaluate(
+        data.X,
+        data.y,
+        data.paths,
+        protocol=args.protocol,
+        probe=probe,
+        show_progress=not args.json,
+        **protocol_options,
+    )
+    return [_row(layer, classifier, result)]
 
 
 def _row(layer: str, classifier: str, result: Any, shot: int | None = None) -> dict[str, Any]:
@@ -350,14 +369,18 @@ def _predict(args: argparse.Namespace) -> int:
     predictions, errors = predict_images(
         probe, featurizer, layer, args.images, args.top_k, args.batch_size
     )
-    _print_predictions(predictions, errors, args.json, probe.classifier)
+    _print_predictions(predictions, errors, args.json, probe.score_kind)
     return 0 if predictions else 1
 
 
 def predict_images(
     probe: Any, featurizer: Any, layer: str, images: Sequence[str], top_k: int, batch_size: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Top-k of every readable image; unreadable ones are reported, not fatal."""
+    """Top-k of every readable image; unreadable ones are reported, not fatal.
+
+    Each entry of ``top_k`` has ``label`` and ``score``; what the score is (probability or SVM
+    margin) is ``probe.score_kind``.
+    """
     import numpy as np
     import torch
 
@@ -374,11 +397,7 @@ def predict_images(
     for start in range(0, len(tensors), batch_size):
         batch = torch.stack(tensors[start : start + batch_size])
         features = featurizer.forward(batch, [layer])[layer]
-        scores = (
-            probe.predict_proba(features)
-            if probe.classifier == "logreg"
-            else _svm_scores(probe, features)
-        )
+        scores = probe.scores(features)
         order = np.argsort(-scores, axis=1)[:, :top_k]
         for i, path in enumerate(ready[start : start + batch_size]):
             predictions.append(
@@ -393,26 +412,20 @@ def predict_images(
     return predictions, errors
 
 
-def _svm_scores(probe: Any, features: Any) -> Any:
-    import numpy as np
-
-    scores = probe.decision_function(features)
-    return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
-
-
 def _label(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
 def _print_predictions(
-    predictions: list[dict], errors: list[dict], as_json: bool, classifier: str
+    predictions: list[dict], errors: list[dict], as_json: bool, score_kind: ScoreKind
 ) -> None:
     for error in errors:
         print(f"decaf: skipped {error['path']}: {error['error']}", file=sys.stderr)
-    kind = "probability" if classifier == "logreg" else "svm_margin"
     if as_json:
-        print(json.dumps({"score": kind, "predictions": predictions, "errors": errors}, indent=2))
+        document = {"score_kind": score_kind, "predictions": predictions, "errors": errors}
+        print(json.dumps(document, indent=2))
         return
+    print(f"score: {score_kind} ({SCORE_KIND_DESCRIPTIONS[score_kind]})")
     for item in predictions:
         ranked = ", ".join(f"{p['label']} ({p['score']:.3f})" for p in item["top_k"])
         print(f"{item['path']}: {ranked}")

@@ -2,46 +2,67 @@
 
 A saved probe is a directory::
 
-    PROBE/probe.json   classes, estimator parameters, C, provenance (backbone, weights id + sha256,
-                       layer, preprocessing incl. crop mode, precision), protocol, metrics, versions
+    PROBE/probe.json   classes, estimator parameters, C, score kind, provenance (backbone, weights
+                       id + sha256, layer, preprocessing incl. crop mode, precision), protocol,
+                       metrics, versions
     PROBE/arrays.npz   coef, intercept, mean, scale (float64; read with allow_pickle=False)
 
 Both files are written to temporary names and renamed, so a crash never leaves half a probe.
+Loading trusts neither file: every field and array is checked (kind, shape, finite values) and
+anything off is a ProbeError naming the file and the field, never a traceback or a probe that
+silently predicts nonsense.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from classifiers.errors import ProbeError, ProbeMismatchError
-from classifiers.probe import LinearProbe
+from classifiers.probe import PARAMETER_NAMES, LinearProbe, make_probe
 
 PROBE_FORMAT = "decaf-probe"
 PROBE_FORMAT_VERSION = 1
 JSON_NAME = "probe.json"
 ARRAYS_NAME = "arrays.npz"
 ARRAY_KEYS = ("coef", "intercept", "mean", "scale")
-# Provenance fields that must agree between a probe and the features it is applied to.
+# Provenance fields that must agree between a probe and the features it is applied to (the layer
+# and its dimension are checked beside them, in check_compatible).
 COMPATIBILITY_KEYS = ("backbone", "weights_id", "weights_sha256", "preprocessing")
 
 
-def provenance_from_manifest(manifest: Mapping[str, Any], layer: str) -> dict[str, Any]:
-    """Provenance of features read from a store (``featurizer.read_manifest``) for ``layer``."""
-    return _provenance(manifest, layer)
+class SupportsToDict(Protocol):
+    """A typed record (e.g. a store manifest) that can say itself as a plain dict."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
-def provenance_from_featurizer(description: Mapping[str, Any], layer: str) -> dict[str, Any]:
+FeatureMeta = Mapping[str, Any] | SupportsToDict
+
+
+def provenance_from_manifest(manifest: FeatureMeta, layer: str) -> dict[str, Any]:
+    """Provenance of features read from a store (its manifest, a mapping or a typed record with
+    ``to_dict()``) for ``layer``."""
+    return _provenance(_as_mapping(manifest), layer)
+
+
+def provenance_from_featurizer(description: FeatureMeta, layer: str) -> dict[str, Any]:
     """Provenance of features computed live (``Featurizer.describe()``) for ``layer``."""
-    return _provenance(description, layer)
+    return _provenance(_as_mapping(description), layer)
+
+
+def _as_mapping(meta: FeatureMeta) -> Mapping[str, Any]:
+    return meta if isinstance(meta, Mapping) else meta.to_dict()
 
 
 def _provenance(meta: Mapping[str, Any], layer: str) -> dict[str, Any]:
@@ -79,19 +100,34 @@ def _classes_to_json(classes: np.ndarray) -> tuple[list[Any], str]:
     return [str(c) for c in classes], "str"
 
 
-def _classes_from_json(values: list[Any], kind: str) -> np.ndarray:
-    dtypes = {"int": np.int64, "bool": np.bool_, "float": np.float64, "str": object}
-    if kind not in dtypes:
-        raise ProbeError(f"unknown class label kind {kind!r} in probe.json")
-    return np.array(values, dtype=dtypes[kind])
+_CLASS_KINDS: dict[str, tuple[type, Any]] = {
+    "int": (int, np.int64),
+    "bool": (bool, np.bool_),
+    "float": (float, np.float64),
+    "str": (str, object),
+}
 
 
-def _jsonable(value: Any) -> Any:
-    """Numpy scalars/arrays inside metrics become plain JSON types."""
+def _classes_from_json(values: list[Any], kind: Any, where: Path) -> np.ndarray:
+    if kind not in _CLASS_KINDS:
+        raise ProbeError(f"{where}: unknown class label kind {kind!r}")
+    python_type, dtype = _CLASS_KINDS[kind]
+    # bool is an int in Python; an int label list must not hide a true/false, nor the reverse.
+    if not all(type(v) is python_type for v in values):
+        raise ProbeError(f"{where}: classes must all be {kind} labels, as classes_kind says")
+    if len(set(values)) != len(values):
+        raise ProbeError(f"{where}: classes has duplicates; each class must appear once")
+    return np.array(values, dtype=dtype)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays, tuples and paths turned into plain JSON types."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -119,9 +155,6 @@ def save_probe(
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     classes, kind = _classes_to_json(probe.classes_)
-    params = probe.get_params()
-    if params.get("Cs") is not None:
-        params["Cs"] = [float(c) for c in params["Cs"]]
     document = {
         "format": PROBE_FORMAT,
         "format_version": PROBE_FORMAT_VERSION,
@@ -129,13 +162,14 @@ def save_probe(
         "classes_kind": kind,
         "n_features": int(probe.n_features_in_),
         **{key: provenance.get(key) for key in (*COMPATIBILITY_KEYS, "layer", "precision")},
-        "provenance": _jsonable(dict(provenance)),
-        "estimator": {"class": "LinearProbe", "params": _jsonable(params)},
+        "provenance": jsonable(dict(provenance)),
+        "estimator": {"class": "LinearProbe", "params": jsonable(probe.get_params())},
         "C": float(probe.C_),
+        "score_kind": probe.score_kind,
         "backend": probe.backend_,
-        "cv_results": _jsonable(probe.cv_results_),
-        "protocol": _jsonable(dict(protocol)) if protocol is not None else None,
-        "metrics": _jsonable(dict(metrics)) if metrics is not None else None,
+        "cv_results": jsonable(probe.cv_results_),
+        "protocol": jsonable(dict(protocol)) if protocol is not None else None,
+        "metrics": jsonable(dict(metrics)) if metrics is not None else None,
         "versions": versions(),
     }
     arrays = {
@@ -150,6 +184,7 @@ def save_probe(
     return out
 
 
+# TODO(atomic): use featurizer's atomic_write once the store helper's branch is merged.
 def _atomic_write(target: Path, write: Any) -> None:
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -162,23 +197,20 @@ def _atomic_write(target: Path, write: Any) -> None:
 
 
 def load_probe(path: str | Path) -> tuple[LinearProbe, dict[str, Any]]:
-    """Read a probe saved by :func:`save_probe`; returns the fitted estimator and its JSON."""
+    """Read a probe saved by :func:`save_probe`; returns the fitted estimator and its JSON.
+
+    A missing, unreadable or tampered file (fields missing or of the wrong kind, classes that do
+    not match the arrays, non-finite or misshapen arrays) is a :class:`ProbeError`.
+    """
     root = Path(path)
-    try:
-        meta = json.loads((root / JSON_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ProbeError(f"{root} is not a saved probe: {JSON_NAME} is missing") from exc
-    except json.JSONDecodeError as exc:
-        raise ProbeError(f"{root / JSON_NAME} is not valid JSON: {exc}") from exc
-    if meta.get("format") != PROBE_FORMAT or meta.get("format_version") != PROBE_FORMAT_VERSION:
-        raise ProbeError(
-            f"{root}: unsupported probe format {meta.get('format')!r} "
-            f"version {meta.get('format_version')!r} "
-            f"(expected {PROBE_FORMAT} {PROBE_FORMAT_VERSION})"
-        )
+    meta = _read_document(root / JSON_NAME)
     arrays = _load_arrays(root / ARRAYS_NAME)
-    probe = LinearProbe(**_known_params(meta["estimator"]["params"]))
-    probe.classes_ = _classes_from_json(meta["classes"], meta["classes_kind"])
+    where = root / JSON_NAME
+    try:
+        probe = make_probe(_known_params(meta["estimator"]["params"]))
+    except ProbeError as exc:
+        raise ProbeError(f"{where}: estimator parameters are not valid: {exc}") from exc
+    probe.classes_ = _classes_from_json(meta["classes"], meta["classes_kind"], where)
     probe.coef_ = arrays["coef"]
     probe.intercept_ = arrays["intercept"]
     probe.mean_ = arrays["mean"]
@@ -188,8 +220,53 @@ def load_probe(path: str | Path) -> tuple[LinearProbe, dict[str, Any]]:
     probe.backend_ = meta.get("backend", "sklearn")
     probe.n_iter_ = 1
     probe.n_features_in_ = int(meta["n_features"])
-    _check_shapes(probe, root)
+    _check_arrays(probe, root)
     return probe, meta
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ProbeError(f"{path.parent} is not a saved probe: {JSON_NAME} is missing") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProbeError(f"{path} cannot be read: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ProbeError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ProbeError(f"{path} is not a saved probe: expected a JSON object")
+    if meta.get("format") != PROBE_FORMAT or meta.get("format_version") != PROBE_FORMAT_VERSION:
+        raise ProbeError(
+            f"{path.parent}: unsupported probe format {meta.get('format')!r} "
+            f"version {meta.get('format_version')!r} "
+            f"(expected {PROBE_FORMAT} {PROBE_FORMAT_VERSION})"
+        )
+    _check_fields(meta, path)
+    return meta
+
+
+def _check_fields(meta: dict[str, Any], path: Path) -> None:
+    """Every field ``load_probe`` reads is present and of the right kind."""
+    problems = []
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2:
+        problems.append("'classes' must list at least 2 labels")
+    n_features = meta.get("n_features")
+    if type(n_features) is not int or n_features < 1:
+        problems.append("'n_features' must be a positive integer")
+    C = meta.get("C")
+    if type(C) not in (int, float) or not math.isfinite(C) or C <= 0:
+        problems.append("'C' must be a positive number")
+    estimator = meta.get("estimator")
+    if not isinstance(estimator, dict) or not isinstance(estimator.get("params"), dict):
+        problems.append("'estimator.params' must be an object")
+    if not isinstance(meta.get("layer"), str):
+        problems.append("'layer' must name the feature layer")
+    if problems:
+        raise ProbeError(
+            f"{path} is damaged or was edited: {'; '.join(problems)} "
+            "(save the probe again with `decaf probe fit`)"
+        )
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -201,38 +278,47 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: np.asarray(data[k], dtype=np.float64) for k in ARRAY_KEYS}
     except FileNotFoundError as exc:
         raise ProbeError(f"{path} is missing") from exc
-    except (ValueError, OSError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # A truncated or edited npz fails inside zipfile/numpy with any of these.
         raise ProbeError(f"{path} cannot be read: {exc}") from exc
 
 
 def _known_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters this version knows (a probe from a newer version may carry more)."""
-    known = LinearProbe().get_params()
-    return {k: v for k, v in params.items() if k in known}
+    return {k: v for k, v in params.items() if k in PARAMETER_NAMES}
 
 
-def _check_shapes(probe: LinearProbe, root: Path) -> None:
+def _check_arrays(probe: LinearProbe, root: Path) -> None:
+    """Shapes agree with the classes and feature count; values are finite; scales positive."""
     n_classes, d = len(probe.classes_), probe.n_features_in_
     rows = 1 if n_classes == 2 else n_classes
     expected = {"coef": (rows, d), "intercept": (rows,), "mean": (d,), "scale": (d,)}
-    actual = {
-        "coef": probe.coef_.shape,
-        "intercept": probe.intercept_.shape,
-        "mean": probe.mean_.shape,
-        "scale": probe.scale_.shape,
+    arrays = {
+        "coef": probe.coef_,
+        "intercept": probe.intercept_,
+        "mean": probe.mean_,
+        "scale": probe.scale_,
     }
     for key, shape in expected.items():
-        if tuple(actual[key]) != shape:
-            raise ProbeError(f"{root}: array {key} has shape {actual[key]}, expected {shape}")
+        if tuple(arrays[key].shape) != shape:
+            raise ProbeError(
+                f"{root}: array {key} has shape {arrays[key].shape}, expected {shape} for "
+                f"{n_classes} classes and {d} features; the probe files do not belong together"
+            )
+        if not np.isfinite(arrays[key]).all():
+            raise ProbeError(f"{root}: array {key} holds NaN or infinite values")
+    if (probe.scale_ <= 0).any():
+        raise ProbeError(f"{root}: array scale must be positive")
 
 
-def check_compatible(probe_meta: Mapping[str, Any], features_meta: Mapping[str, Any]) -> None:
+def check_compatible(probe_meta: Mapping[str, Any], features_meta: FeatureMeta) -> None:
     """Refuse features that were not made the way the probe's training features were.
 
     ``features_meta`` is a store manifest or ``Featurizer.describe()``; either may carry an
     explicit ``layer`` (provenance dicts do), otherwise the probe's layer must be among its
     ``layers`` with the probe's dimension.
     """
+    features_meta = _as_mapping(features_meta)
     problems = []
     for key in COMPATIBILITY_KEYS:
         want, got = probe_meta.get(key), features_meta.get(key)

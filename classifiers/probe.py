@@ -30,25 +30,56 @@ stays deterministic and full-batch L-BFGS applies; it works the same for both ba
 milliseconds per iteration on that many parameters even for a handful of samples). Below that,
 scikit-learn finishes in well under a second and torch's per-call overhead dominates.
 
-``predict_proba``: softmax (sigmoid if binary) of the scores. For logistic regression these are
-the model's probabilities; for the SVM they are *uncalibrated* scores mapped to [0, 1] that only
-serve ranking (top-k).
+Scores: ``scores(X)`` gives one score per class, and ``score_kind`` says what they are:
+``"probability"`` for logistic regression (``predict_proba``), ``"margin"`` for the SVM
+(``decision_function``; a binary SVM's margin m becomes ``[-m, m]``). ``predict_proba`` exists for
+both, as scikit-learn expects, but for the SVM it is a softmax of margins: uncalibrated, only good
+for ranking, which is why predictions report ``scores`` and ``score_kind`` instead.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from numbers import Integral, Real
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from classifiers.engines import Engine, make_engine
+from classifiers.errors import ProbeError
+from classifiers.metrics import mean_per_class_accuracy
+from classifiers.options import (
+    BACKENDS,
+    CLASS_WEIGHT_MODES,
+    CLASSIFIER_KINDS,
+    FLOAT_DTYPES,
+    SCORE_KIND_OF,
+    SEARCH_MODES,
+    Backend,
+    ClassifierKind,
+    ClassWeightMode,
+    FloatDtype,
+    ScoreKind,
+    SearchMode,
+)
+from featurizer.progress import ProgressBar
+
+__all__ = [
+    "DEFAULT_CS",
+    "PARAMETER_NAMES",
+    "LinearProbe",
+    "make_probe",
+    "mean_per_class_accuracy",
+    "stratified_folds",
+]
 
 DEFAULT_CS: tuple[float, ...] = tuple(10.0**e for e in range(-4, 3))
 FALLBACK_C = 1.0
@@ -56,16 +87,6 @@ TORCH_MIN_WORK = 1_000_000
 TORCH_MIN_PARAMS = 20_000
 HOLDOUT_WORK = 5e9
 PATIENCE = 2
-# Search fits stop early once the validation score changes by <= SETTLED between checks made
-# every CHECK_EVERY L-BFGS iterations: precise optima do not change which C wins.
-CHECK_EVERY = 10
-SETTLED = 0.002
-
-
-def mean_per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean over the classes present in ``y_true`` of the fraction predicted correctly."""
-    classes = np.unique(y_true)
-    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
 
 
 def stratified_folds(y_idx: np.ndarray, n_folds: int, seed: int | None) -> np.ndarray:
@@ -95,29 +116,91 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     Parameters follow scikit-learn's meaning of C (``C * sum(loss) + ||W||^2 / 2``; the intercept
     is not penalised by the torch backend). See the module docstring for the C search, dropout and
-    the backend rule. Fitted attributes: ``classes_``, ``coef_`` (n_classes or 1, n_features, in
-    standardised space), ``intercept_``, ``mean_``, ``scale_``, ``C_``, ``cv_results_``,
-    ``backend_``, ``n_iter_``, ``n_features_in_``.
+    the backend rule. Allowed values are declared in :mod:`classifiers.options`.
+
+    Parameters
+    ----------
+    classifier : {"logreg", "svm"}, default="logreg"
+        Multinomial logistic regression, or one-vs-rest linear SVM (squared hinge).
+    C : float > 0 or "auto", default="auto"
+        Inverse regularisation strength; "auto" chooses it by cross-validation over ``Cs``.
+    Cs : sequence of float > 0, default=None
+        The grid for ``C="auto"`` (None: 1e-4 ... 1e2, a factor 10 apart).
+    cv : int >= 2, default=3
+        Folds of the C search (fewer when the smallest class is smaller).
+    search : {"auto", "kfold", "holdout"}, default="auto"
+        K-fold, one held-out split, or K-fold unless the problem is large.
+    standardize : bool, default=True
+        Centre and scale each feature by the training split's statistics.
+    l2_normalize : bool, default=False
+        L2-normalise each sample first.
+    class_weight : "balanced", dict or None, default=None
+        Per-class sample weights; classes missing from a dict weigh 1.
+    dropout : float in [0, 1), default=0.0
+        DeCAF-style feature dropout, applied as data augmentation.
+    dropout_copies : int >= 1, default=4
+        Noisy copies of the training rows when ``dropout > 0``.
+    backend : {"auto", "sklearn", "torch"}, default="auto"
+        Fitting engine; "auto" picks by problem size.
+    max_iter, search_max_iter : int >= 1, default=100, 40
+        Iterations of the final fit and of each fit during the C search.
+    tol : float >= 0, default=1e-4
+        Convergence tolerance.
+    device : str, default="auto"
+        Torch device of the torch backend ("auto": CUDA when present).
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the torch backend.
+    random_state : int >= 0 or None, default=0
+        Seed of the C-search folds and the dropout copies.
+    progress : bool, default=False
+        Show a progress bar of the C search on stderr.
+
+    Attributes
+    ----------
+    classes_, coef_ (n_classes or 1, n_features; in standardised space), intercept_, mean_,
+    scale_, C_, cv_results_, backend_, n_iter_, n_features_in_.
     """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "classifier": [StrOptions(set(CLASSIFIER_KINDS))],
+        "C": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "Cs": ["array-like", None],
+        "cv": [Interval(Integral, 2, None, closed="left")],
+        "search": [StrOptions(set(SEARCH_MODES))],
+        "standardize": ["boolean"],
+        "l2_normalize": ["boolean"],
+        "class_weight": [StrOptions(set(CLASS_WEIGHT_MODES)), dict, None],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "dropout_copies": [Interval(Integral, 1, None, closed="left")],
+        "backend": [StrOptions(set(BACKENDS))],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "search_max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "device": [str],
+        "dtype": [StrOptions(set(FLOAT_DTYPES))],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+        "progress": ["boolean"],
+    }
 
     def __init__(
         self,
-        classifier: Literal["svm", "logreg"] = "logreg",
+        *,
+        classifier: ClassifierKind = "logreg",
         C: float | Literal["auto"] = "auto",
         Cs: Sequence[float] | None = None,
         cv: int = 3,
-        search: Literal["auto", "kfold", "holdout"] = "auto",
+        search: SearchMode = "auto",
         standardize: bool = True,
         l2_normalize: bool = False,
-        class_weight: Literal["balanced"] | dict[Any, float] | None = None,
+        class_weight: ClassWeightMode | dict[Any, float] | None = None,
         dropout: float = 0.0,
         dropout_copies: int = 4,
-        backend: Literal["auto", "sklearn", "torch"] = "auto",
+        backend: Backend = "auto",
         max_iter: int = 100,
         search_max_iter: int = 40,
         tol: float = 1e-4,
         device: str = "auto",
-        dtype: Literal["float32", "float64"] = "float32",
+        dtype: FloatDtype = "float32",
         random_state: int | None = 0,
         progress: bool = False,
     ) -> None:
@@ -140,6 +223,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.progress = progress
 
+    @property
+    def score_kind(self) -> ScoreKind:
+        """What :meth:`scores` returns: ``"probability"`` (logreg) or ``"margin"`` (svm)."""
+        try:
+            return SCORE_KIND_OF[self.classifier]
+        except KeyError:
+            raise ProbeError(
+                f"classifier must be one of {', '.join(CLASSIFIER_KINDS)}, "
+                f"got {self.classifier!r}"
+            ) from None
+
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any) -> LinearProbe:
         self._check_params()
@@ -147,7 +241,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(
+            raise ProbeError(
                 "LinearProbe needs samples of at least 2 classes; "
                 f"got 1 class ({self.classes_[0]!r})"
             )
@@ -155,7 +249,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self._fit_scaler(prepared)
         sample_weight = self._sample_weight(y_idx)
         self.backend_ = self._resolve_backend(X.shape)
-        engine = _make_engine(self, prepared, y_idx, sample_weight)
+        engine = make_engine(self, prepared, y_idx, sample_weight)
 
         init = None
         if self.C == "auto":
@@ -169,22 +263,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return self
 
     def _check_params(self) -> None:
-        if self.classifier not in ("svm", "logreg"):
-            raise ValueError(f"classifier must be 'svm' or 'logreg', got {self.classifier!r}")
-        if self.backend not in ("auto", "sklearn", "torch"):
-            raise ValueError(f"backend must be 'auto', 'sklearn' or 'torch', got {self.backend!r}")
-        if self.search not in ("auto", "kfold", "holdout"):
-            raise ValueError(f"search must be 'auto', 'kfold' or 'holdout', got {self.search!r}")
-        if self.C != "auto" and not (isinstance(self.C, int | float) and self.C > 0):
-            raise ValueError(f"C must be 'auto' or a positive number, got {self.C!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not (self.class_weight in (None, "balanced") or isinstance(self.class_weight, dict)):
-            raise ValueError(
-                f"class_weight must be None, 'balanced' or a dict, got {self.class_weight!r}"
-            )
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        """The constraints table (InvalidParameterError, a ValueError), then the C grid."""
+        self._validate_params()
+        if self.Cs is not None and (len(self.Cs) == 0 or min(float(c) for c in self.Cs) <= 0):
+            raise ProbeError(f"Cs must be positive numbers, got {list(self.Cs)!r}")
 
     def _normalize_rows(self, X: np.ndarray) -> np.ndarray:
         if not self.l2_normalize:
@@ -232,7 +314,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         )
 
     # ------------------------------------------------------------ C search
-    def _search_C(self, engine: _Engine, y_idx: np.ndarray) -> tuple[float, Any, dict | None]:
+    def _search_C(self, engine: Engine, y_idx: np.ndarray) -> tuple[float, Any, dict | None]:
         min_count = int(np.bincount(y_idx).min())
         n_folds = min(int(self.cv), min_count)
         if n_folds < 2:
@@ -245,7 +327,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             return FALLBACK_C, None, None
         folds = self._make_folds(engine, y_idx, n_folds)
         grid = sorted(float(c) for c in (self.Cs if self.Cs is not None else DEFAULT_CS))
-        with _progress_bar(self.progress, len(grid) + 2, "C search") as bar:
+        with ProgressBar(enabled=self.progress, total=len(grid) + 2, desc="C search") as bar:
             self._walk_grid(engine, folds, grid, bar)
             self._refine(engine, folds, grid, bar)
         tried = sorted(folds[0].scores)
@@ -260,7 +342,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         }
         return best, folds[0].states.get(best), results
 
-    def _make_folds(self, engine: _Engine, y_idx: np.ndarray, n_folds: int) -> list[_Fold]:
+    def _make_folds(self, engine: Engine, y_idx: np.ndarray, n_folds: int) -> list[_Fold]:
         fold_id = stratified_folds(y_idx, n_folds, self.random_state)
         work = len(y_idx) * len(self.mean_) * (1 if len(self.classes_) == 2 else len(self.classes_))
         holdout = self.search == "holdout" or (self.search == "auto" and work > HOLDOUT_WORK)
@@ -272,7 +354,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return folds
 
     def _score_all(
-        self, engine: _Engine, folds: list[_Fold], C: float, start: float | None
+        self, engine: Engine, folds: list[_Fold], C: float, start: float | None
     ) -> float:
         for fold in folds:
             init = fold.states.get(start) if start is not None else None
@@ -281,7 +363,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             fold.scores[C] = engine.score(state, fold.val)
         return float(np.mean([f.scores[C] for f in folds]))
 
-    def _walk_grid(self, engine: _Engine, folds: list[_Fold], grid: list[float], bar: Any) -> None:
+    def _walk_grid(self, engine: Engine, folds: list[_Fold], grid: list[float], bar: Any) -> None:
         best, since_best, previous = -1.0, 0, None
         for C in grid:
             score = self._score_all(engine, folds, C, previous)
@@ -295,7 +377,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 if since_best >= PATIENCE:
                     break
 
-    def _refine(self, engine: _Engine, folds: list[_Fold], grid: list[float], bar: Any) -> None:
+    def _refine(self, engine: Engine, folds: list[_Fold], grid: list[float], bar: Any) -> None:
         tried = sorted(folds[0].scores)
         means = [np.mean([f.scores[c] for f in folds]) for c in tried]
         best = tried[int(np.argmax(means))]
@@ -307,30 +389,41 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 bar.update(1)
 
     # ------------------------------------------------------------ predict
-    def _scores(self, X: Any) -> np.ndarray:
+    def _linear_scores(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "coef_")
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         Z = self._standardize(self._normalize_rows(X), np.float64)
         return Z @ self.coef_.T + self.intercept_
 
     def decision_function(self, X: Any) -> np.ndarray:
-        scores = self._scores(X)
+        scores = self._linear_scores(X)
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
     def predict(self, X: Any) -> np.ndarray:
-        scores = self._scores(X)
+        scores = self._linear_scores(X)
         if scores.shape[1] == 1:
             return self.classes_[(scores[:, 0] > 0).astype(np.int64)]
         return self.classes_[np.argmax(scores, axis=1)]
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        scores = self._scores(X)
+        scores = self._linear_scores(X)
         if scores.shape[1] == 1:
             positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
             return np.column_stack([1.0 - positive, positive])
         scores = scores - scores.max(axis=1, keepdims=True)
         expo = np.exp(scores)
         return expo / expo.sum(axis=1, keepdims=True)
+
+    def scores(self, X: Any) -> np.ndarray:
+        """Per-class scores, shape (n_samples, n_classes), columns in ``classes_`` order.
+
+        Class probabilities for logistic regression, margins for the SVM (a binary SVM's margin m
+        becomes ``[-m, m]``): see :attr:`score_kind`. Higher is more likely either way.
+        """
+        if self.score_kind == "probability":
+            return self.predict_proba(X)
+        margins = self.decision_function(X)
+        return np.column_stack([-margins, margins]) if margins.ndim == 1 else margins
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         with np.errstate(divide="ignore"):
@@ -342,221 +435,23 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return tags
 
 
-# ---------------------------------------------------------------- engines
-class _Engine:
-    """Backend-specific fitting; states are opaque warm-start objects."""
+PARAMETER_NAMES: tuple[str, ...] = tuple(LinearProbe._parameter_constraints)
 
-    def __init__(
-        self,
-        probe: LinearProbe,
-        prepared: np.ndarray,
-        y_idx: np.ndarray,
-        sample_weight: np.ndarray | None,
-    ) -> None:
-        self.probe = probe
-        self.prepared = prepared
-        self.y_idx = y_idx
-        self.sample_weight = sample_weight
-        self.n_classes = len(probe.classes_)
 
-    def training_rows(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, Any]:
-        """Standardised (and, with dropout, augmented) training matrix for ``rows``."""
-        probe = self.probe
-        dtype = np.float64 if probe.dtype == "float64" else np.float32
-        prepared = self.prepared if rows is None else self.prepared[rows]
-        y = self.y_idx if rows is None else self.y_idx[rows]
-        sw = (
-            None
-            if self.sample_weight is None
-            else (self.sample_weight if rows is None else self.sample_weight[rows])
+def make_probe(options: Mapping[str, Any]) -> LinearProbe:
+    """A :class:`LinearProbe` from named options (CLI flags, a request body, saved parameters).
+
+    Missing keys take LinearProbe's defaults. An unknown key or an invalid value is a
+    :class:`ProbeError` naming it, so a typo never falls back to a default silently.
+    """
+    unknown = sorted(set(options) - set(PARAMETER_NAMES))
+    if unknown:
+        raise ProbeError(
+            f"unknown probe option(s) {unknown}; LinearProbe takes {', '.join(PARAMETER_NAMES)}"
         )
-        if probe.dropout > 0:
-            prepared, y, sw = _dropout_copies(
-                prepared, y, sw, probe.dropout, probe.dropout_copies, probe.random_state
-            )
-        return probe._standardize(prepared, dtype), y, sw
-
-    def path_solver(self, rows: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    def score(self, state: Any, rows: np.ndarray) -> float:
-        raise NotImplementedError
-
-    def fit_final(self, C: float, init: Any) -> Any:
-        raise NotImplementedError
-
-
-def _dropout_copies(
-    X: np.ndarray, y: np.ndarray, sw: np.ndarray | None, p: float, copies: int, seed: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    rng = np.random.default_rng(seed)
-    keep_scale = np.asarray(1.0 / (1.0 - p), dtype=X.dtype)
-    noisy = np.empty((copies * X.shape[0], X.shape[1]), dtype=X.dtype)
-    for c in range(max(1, copies)):
-        block = noisy[c * X.shape[0] : (c + 1) * X.shape[0]]
-        np.multiply(X, rng.random(X.shape, dtype=np.float32) >= p, out=block)
-        block *= keep_scale
-    return noisy, np.tile(y, copies), None if sw is None else np.tile(sw, copies)
-
-
-class _TorchEngine(_Engine):
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        import torch
-
-        from classifiers import torch_solver
-
-        self.torch = torch
-        self.ts = torch_solver
-        self.device = torch_solver.resolve_device(self.probe.device)
-        self.tdtype = torch.float64 if self.probe.dtype == "float64" else torch.float32
-
-    def _problem(self, rows: np.ndarray | None) -> Any:
-        X, y, sw = self.training_rows(rows)
-        torch = self.torch
-        return self.ts.TorchProblem(
-            torch.from_numpy(np.ascontiguousarray(X)).to(self.device, self.tdtype),
-            torch.from_numpy(y.astype(np.int64)).to(self.device),
-            self.n_classes,
-            self.probe.classifier,
-            None if sw is None else torch.from_numpy(sw).to(self.device, self.tdtype),
-        )
-
-    def path_solver(self, rows: np.ndarray) -> Any:
-        engine, problem = self, self._problem(rows)
-
-        val_rows = np.setdiff1d(np.arange(len(self.y_idx)), rows)
-
-        class _Path:
-            def fit(self, C: float, init: Any) -> Any:
-                # Only the validation score matters here: stop once it no longer moves.
-                history: list[float] = []
-
-                def settled(W: Any, b: Any) -> bool:
-                    history.append(engine.score((W, b), val_rows))
-                    return len(history) > 1 and abs(history[-1] - history[-2]) <= SETTLED
-
-                W, b, _ = engine.ts.fit_lbfgs(
-                    problem,
-                    C,
-                    init=init,
-                    max_iter=engine.probe.search_max_iter,
-                    tol=engine.probe.tol,
-                    check_every=CHECK_EVERY,
-                    should_stop=settled,
-                )
-                return (W, b)
-
-        return _Path()
-
-    def score(self, state: Any, rows: np.ndarray) -> float:
-        W, b = state
-        Z = self.probe._standardize(
-            self.prepared[rows], np.float32 if self.tdtype == self.torch.float32 else np.float64
-        )
-        scores = self.torch.addmm(b, self.torch.from_numpy(Z).to(self.device, self.tdtype), W)
-        pred = (scores[:, 0] > 0).long() if scores.shape[1] == 1 else scores.argmax(dim=1)
-        return mean_per_class_accuracy(self.y_idx[rows], pred.cpu().numpy())
-
-    def fit_final(self, C: float, init: Any) -> Any:
-        problem = self._problem(None)
-        W, b, n_iter = self.ts.fit_lbfgs(
-            problem, C, init=init, max_iter=self.probe.max_iter, tol=self.probe.tol
-        )
-        del problem
-        return self.ts.to_solution(W, b, n_iter)
-
-
-class _SklearnEngine(_Engine):
-    def _estimator(self, C: float, warm: bool) -> Any:
-        probe = self.probe
-        if probe.classifier == "logreg":
-            from sklearn.linear_model import LogisticRegression
-
-            return LogisticRegression(C=C, max_iter=probe.max_iter, tol=probe.tol, warm_start=warm)
-        from sklearn.svm import LinearSVC
-
-        # liblinear penalises the intercept as a weight on a constant feature; scaling that
-        # feature by 10 makes the penalty ~100x weaker, i.e. nearly the torch backend's objective.
-        return LinearSVC(
-            intercept_scaling=10.0,
-            C=C,
-            loss="squared_hinge",
-            dual="auto",
-            max_iter=max(1000, probe.max_iter),
-            tol=probe.tol,
-            random_state=probe.random_state,
-        )
-
-    def _fit(self, est: Any, X: np.ndarray, y: np.ndarray, sw: np.ndarray | None) -> Any:
-        with warnings.catch_warnings():
-            # Early-stopped fits during the search are expected; the final fit still warns.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return est.fit(X, y, sample_weight=sw)
-
-    def path_solver(self, rows: np.ndarray) -> Any:
-        engine = self
-        X, y, sw = self.training_rows(rows)
-
-        class _Path:
-            est = self._estimator(1.0, warm=True)
-
-            def fit(self, C: float, init: Any) -> Any:
-                # LogisticRegression warm-starts from its own previous C via warm_start=True.
-                self.est.set_params(C=C)
-                engine._fit(self.est, X, y, sw)
-                return _sklearn_solution(self.est, engine.n_classes)
-
-        return _Path()
-
-    def score(self, state: Any, rows: np.ndarray) -> float:
-        Z = self.probe._standardize(self.prepared[rows], np.float64)
-        scores = Z @ state.coef.T + state.intercept
-        pred = (scores[:, 0] > 0).astype(np.int64) if scores.shape[1] == 1 else scores.argmax(1)
-        return mean_per_class_accuracy(self.y_idx[rows], pred)
-
-    def fit_final(self, C: float, init: Any) -> Any:
-        X, y, sw = self.training_rows(None)
-        est = self._estimator(C, warm=False)
-        est.fit(X, y, sample_weight=sw)
-        return _sklearn_solution(est, self.n_classes)
-
-
-def _sklearn_solution(est: Any, n_classes: int) -> Any:
-    from classifiers.torch_solver import LinearSolution
-
-    coef = np.asarray(est.coef_, dtype=np.float64).reshape(-1, est.coef_.shape[-1])
-    intercept = np.asarray(est.intercept_, dtype=np.float64).reshape(-1)
-    if n_classes > 2 and coef.shape[0] == 1:  # pragma: no cover - sklearn always returns K rows
-        raise RuntimeError("unexpected binary coefficients for a multiclass problem")
-    n_iter = int(np.max(np.atleast_1d(getattr(est, "n_iter_", 1))))
-    return LinearSolution(coef=coef.copy(), intercept=intercept.copy(), n_iter=max(n_iter, 1))
-
-
-def _make_engine(
-    probe: LinearProbe, prepared: np.ndarray, y_idx: np.ndarray, sample_weight: np.ndarray | None
-) -> _Engine:
-    cls = _TorchEngine if probe.backend_ == "torch" else _SklearnEngine
-    return cls(probe, prepared, y_idx, sample_weight)
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        pass
-
-    def __enter__(self) -> _NullBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _progress_bar(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, file=None)
+    probe = LinearProbe(**options)
+    try:
+        probe._check_params()
+    except InvalidParameterError as exc:
+        raise ProbeError(f"invalid probe option: {exc}") from exc
+    return probe

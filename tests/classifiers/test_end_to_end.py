@@ -174,6 +174,7 @@ def test_fit_predict_and_mismatch(digits_store, capsys, tmp_path):
     assert summary["train_accuracy"] > 0.9
     meta = json.loads((probe_dir / "probe.json").read_text())
     assert meta["layer"] == "decaf6" and meta["weights_id"] == "random"
+    assert summary["score_kind"] == meta["score_kind"] == "margin"
 
     images = digits_store["images"]
     picks = [
@@ -186,6 +187,7 @@ def test_fit_predict_and_mismatch(digits_store, capsys, tmp_path):
     )
     assert code == 0
     result = json.loads(out)
+    assert result["score_kind"] == "margin"  # an SVM's scores are margins, not probabilities
     assert [p["path"] for p in result["predictions"]] == picks[:2]
     assert all(len(p["top_k"]) == 3 for p in result["predictions"])
     assert result["errors"][0]["path"] == picks[2] and "broken.png" in err

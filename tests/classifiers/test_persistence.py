@@ -128,3 +128,123 @@ def test_pickled_arrays_are_refused(tmp_path, data):
     )
     with pytest.raises(ProbeError, match="cannot be read"):
         load_probe(out)
+
+
+def test_score_kind_is_saved(tmp_path, data):
+    X, y = data
+    for classifier, kind in (("logreg", "probability"), ("svm", "margin")):
+        probe = LinearProbe(classifier=classifier, C=1.0, backend="sklearn").fit(X, y)
+        _, meta = load_probe(save_probe(probe, tmp_path / classifier, provenance={"layer": "x"}))
+        assert meta["score_kind"] == kind
+
+
+def test_backbone_mismatch_names_both_backbones(tmp_path, data):
+    X, y = data
+    probe = LinearProbe(C=1.0).fit(X, y)
+    provenance = provenance_from_manifest({**MANIFEST, "backbone": "resnet50"}, "decaf6")
+    _, meta = load_probe(save_probe(probe, tmp_path / "p", provenance=provenance))
+    with pytest.raises(ProbeMismatchError, match="probe has 'resnet50', features have 'alexnet'"):
+        check_compatible(meta, MANIFEST)
+
+
+class TypedManifest:
+    """Stands in for the store's typed manifest: a record that says itself with to_dict()."""
+
+    def to_dict(self) -> dict:
+        return dict(MANIFEST)
+
+
+def test_typed_manifests_are_accepted(tmp_path, data):
+    X, y = data
+    provenance = provenance_from_manifest(TypedManifest(), "decaf6")
+    assert provenance == provenance_from_manifest(MANIFEST, "decaf6")
+    probe = LinearProbe(C=1.0).fit(X, y)
+    _, meta = load_probe(save_probe(probe, tmp_path / "p", provenance=provenance))
+    check_compatible(meta, TypedManifest())
+
+
+def _edit_json(out, change):
+    document = json.loads((out / "probe.json").read_text())
+    change(document)
+    (out / "probe.json").write_text(json.dumps(document))
+
+
+def _edit_arrays(out, change):
+    with np.load(out / "arrays.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    change(arrays)
+    np.savez(out / "arrays.npz", **arrays)
+
+
+def _truncate_arrays(out):
+    blob = (out / "arrays.npz").read_bytes()
+    (out / "arrays.npz").write_bytes(blob[: len(blob) // 2])
+
+
+TAMPERINGS = {
+    "class dropped": (
+        lambda out: _edit_json(out, lambda d: d["classes"].pop()),
+        "array coef has shape",
+    ),
+    "duplicate class": (
+        lambda out: _edit_json(out, lambda d: d["classes"].__setitem__(1, d["classes"][0])),
+        "duplicates",
+    ),
+    "class of another kind": (
+        lambda out: _edit_json(out, lambda d: d["classes"].__setitem__(0, 7)),
+        "must all be str labels",
+    ),
+    "classes missing": (lambda out: _edit_json(out, lambda d: d.pop("classes")), "'classes'"),
+    "C missing": (lambda out: _edit_json(out, lambda d: d.pop("C")), "'C' must be"),
+    "n_features as text": (
+        lambda out: _edit_json(out, lambda d: d.__setitem__("n_features", "64")),
+        "'n_features'",
+    ),
+    "estimator missing": (
+        lambda out: _edit_json(out, lambda d: d.pop("estimator")),
+        "'estimator.params'",
+    ),
+    "invalid parameter": (
+        lambda out: _edit_json(
+            out, lambda d: d["estimator"]["params"].__setitem__("classifier", "tree")
+        ),
+        "estimator parameters are not valid",
+    ),
+    "not an object": (
+        lambda out: (out / "probe.json").write_text("[1, 2]"),
+        "expected a JSON object",
+    ),
+    "NaN coefficients": (
+        lambda out: _edit_arrays(out, lambda a: a["coef"].__setitem__((0, 0), np.nan)),
+        "coef holds NaN",
+    ),
+    "infinite mean": (
+        lambda out: _edit_arrays(out, lambda a: a["mean"].__setitem__(3, np.inf)),
+        "mean holds NaN or infinite",
+    ),
+    "zero scale": (
+        lambda out: _edit_arrays(out, lambda a: a["scale"].__setitem__(0, 0.0)),
+        "scale must be positive",
+    ),
+    "wrong shape": (
+        lambda out: _edit_arrays(out, lambda a: a.__setitem__("mean", np.zeros(63))),
+        r"array mean has shape \(63,\), expected \(64,\)",
+    ),
+    "missing array": (lambda out: _edit_arrays(out, lambda a: a.pop("scale")), "lacks arrays"),
+    "truncated npz": (_truncate_arrays, "cannot be read"),
+    "npz not a zip": (
+        lambda out: (out / "arrays.npz").write_bytes(b"PK\x03\x04 not really"),
+        "cannot be read",
+    ),
+    "npz deleted": (lambda out: (out / "arrays.npz").unlink(), "missing"),
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+def test_tampered_probe_files_are_clear_errors(tmp_path, data, tampering):
+    X, y = data
+    out = save_probe(LinearProbe(C=1.0).fit(X, y), tmp_path / "p", provenance={"layer": "x"})
+    tamper, message = TAMPERINGS[tampering]
+    tamper(out)
+    with pytest.raises(ProbeError, match=message):
+        load_probe(out)

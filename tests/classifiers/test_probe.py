@@ -6,62 +6,14 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from classifiers import LinearProbe
-from classifiers.probe import mean_per_class_accuracy, stratified_folds
+from classifiers import LinearProbe, ProbeError
+from classifiers.probe import PARAMETER_NAMES, make_probe, mean_per_class_accuracy, stratified_folds
 from classifiers.synthetic import make_features
-
-
-@pytest.fixture(scope="module")
-def digits_split():
-    X, y = load_digits(return_X_y=True)
-    return train_test_split(X, y, test_size=0.4, random_state=0, stratify=y)
-
-
-@pytest.fixture(scope="module")
-def separable():
-    X, y = make_features(5, 80, n_features=256, latent_dim=16, separation=3.0, seed=1)
-    return X[::2], y[::2], X[1::2], y[1::2]
-
-
-@pytest.mark.parametrize("classifier", ["logreg", "svm"])
-def test_torch_matches_sklearn_predictions_on_separable_problem(separable, classifier):
-    Xtr, ytr, Xte, yte = separable
-    preds = {
-        backend: LinearProbe(classifier=classifier, C=0.1, backend=backend, max_iter=500)
-        .fit(Xtr, ytr)
-        .predict(Xte)
-        for backend in ("torch", "sklearn")
-    }
-    assert np.mean(preds["torch"] == preds["sklearn"]) >= 0.99
-    assert np.mean(preds["torch"] == yte) > 0.9
-
-
-@pytest.mark.parametrize("classifier", ["logreg", "svm"])
-def test_torch_accuracy_within_half_a_point_of_sklearn_on_digits(digits_split, classifier):
-    Xtr, Xte, ytr, yte = digits_split
-    scores = {
-        backend: LinearProbe(classifier=classifier, C=0.05, backend=backend, max_iter=500)
-        .fit(Xtr, ytr)
-        .score(Xte, yte)
-        for backend in ("torch", "sklearn")
-    }
-    assert abs(scores["torch"] - scores["sklearn"]) <= 0.005 + 1e-9, scores
-    assert scores["torch"] > 0.9
-
-
-def test_float64_torch_close_to_sklearn_logreg_coefficients(separable):
-    Xtr, ytr, _, _ = separable
-    ours = LinearProbe(C=0.01, backend="torch", dtype="float64", max_iter=1000, tol=1e-8)
-    ref = LinearProbe(C=0.01, backend="sklearn", max_iter=1000, tol=1e-8)
-    ours.fit(Xtr, ytr)
-    ref.fit(Xtr, ytr)
-    # Same objective (unpenalised intercept, multinomial loss): same minimiser.
-    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=2e-3, rtol=0)
+from featurizer.errors import DecafError
 
 
 def test_auto_C_cross_validates_over_grid(digits_split):
@@ -163,3 +115,70 @@ def test_clear_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LinearProbe(C=1.0).fit(X, np.arange(10) % 2)
+
+
+def test_parameters_are_keyword_only():
+    with pytest.raises(TypeError):
+        LinearProbe("svm")
+
+
+def test_one_class_is_a_probe_error():
+    with pytest.raises(ProbeError, match="at least 2 classes") as caught:
+        LinearProbe(C=1.0).fit(np.zeros((4, 2)), ["a"] * 4)
+    assert isinstance(caught.value, DecafError) and caught.value.http_status == 422
+
+
+def test_make_probe_defaults_options_and_unknown_keys():
+    assert make_probe({}).get_params() == LinearProbe().get_params()
+    probe = make_probe({"classifier": "svm", "C": 0.5, "l2_normalize": True})
+    assert (probe.classifier, probe.C, probe.l2_normalize) == ("svm", 0.5, True)
+    with pytest.raises(ProbeError, match=r"unknown probe option\(s\) \['layer'\]; .* classifier"):
+        make_probe({"layer": "decaf6", "classifier": "svm"})
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"classifier": "tree"}, "classifier"),
+        ({"C": -1.0}, "'C'"),
+        ({"C": "best"}, "'C'"),
+        ({"cv": 1}, "cv"),
+        ({"class_weight": "even"}, "class_weight"),
+        ({"backend": "jax"}, "backend"),
+        ({"Cs": [0.1, -1.0]}, "Cs must be positive"),
+    ],
+)
+def test_make_probe_invalid_values_are_probe_errors(options, name):
+    with pytest.raises(ProbeError, match=name):
+        make_probe(options)
+
+
+def test_parameter_names_cover_every_parameter():
+    assert set(PARAMETER_NAMES) == set(LinearProbe().get_params())
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize(
+    ("classifier", "kind"), [("logreg", "probability"), ("svm", "margin")]
+)
+def test_scores_and_score_kind(separable, classifier, kind, n_classes):
+    Xtr, ytr, Xte, _ = separable
+    keep = np.isin(ytr, [f"class{c:03d}" for c in range(n_classes)])
+    probe = LinearProbe(classifier=classifier, C=0.1, backend="sklearn").fit(Xtr[keep], ytr[keep])
+    assert probe.score_kind == kind
+    scores = probe.scores(Xte)
+    assert scores.shape == (len(Xte), n_classes)
+    np.testing.assert_array_equal(probe.classes_[scores.argmax(1)], probe.predict(Xte))
+    if kind == "probability":
+        np.testing.assert_allclose(scores, probe.predict_proba(Xte))
+    elif n_classes == 2:
+        margin = probe.decision_function(Xte)
+        np.testing.assert_allclose(scores, np.column_stack([-margin, margin]))
+    else:
+        np.testing.assert_allclose(scores, probe.decision_function(Xte))
+        assert (scores < 0).any()  # margins, not probabilities
+
+
+def test_score_kind_of_an_unknown_classifier_is_a_clear_error():
+    with pytest.raises(ProbeError, match="classifier must be one of logreg, svm"):
+        _ = LinearProbe(classifier="tree").score_kind

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from classifiers import LinearProbe, ProbeError, evaluate, few_shot_curve, make_splits
+from classifiers.splits import PerClassSplitter
 from classifiers.synthetic import make_features
 
 
@@ -156,10 +157,8 @@ def test_few_shot_curve_nested_and_same_test_set(features):
 def test_few_shot_train_sets_are_nested():
     y = labels({"a": 30, "b": 30})
     small, _ = make_splits(y, None, protocol="caltech101", n_train=2, splits=1)
-    from classifiers.protocols import per_class_splits
-
-    one, _ = per_class_splits(y, n_train=1, max_test=5, splits=1, seed=0, reserve=10)
-    ten, _ = per_class_splits(y, n_train=10, max_test=5, splits=1, seed=0, reserve=10)
+    one, _ = PerClassSplitter(n_train=1, max_test=5, n_splits=1, seed=0, reserve=10).split(y)
+    ten, _ = PerClassSplitter(n_train=10, max_test=5, n_splits=1, seed=0, reserve=10).split(y)
     assert set(one[0].train) <= set(ten[0].train)
     np.testing.assert_array_equal(one[0].test, ten[0].test)
     assert len(small[0].train) == 4
