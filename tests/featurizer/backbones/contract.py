@@ -40,7 +40,7 @@ from featurizer.weights import LoadedWeights, resolve_weights, sha256_of_file
 
 from ..conftest import sample_photo
 
-ATOL = 1e-5  # fp32, same weights, same graph: only summation order differs
+ATOL = 1e-5  # fp32, same weights, same graph: only summation order differs (see assert_matches)
 # From tests/featurizer/test_precision.py, whose docstring derives them; asserted on the worst view
 # of every tap.
 FIDELITY_BOUNDS = {"bf16": 0.999, "int8": 0.995}
@@ -54,6 +54,19 @@ def normalized(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     return torchvision.transforms.functional.normalize(
         images.float() / 255.0, mean=list(spec.mean), std=list(spec.std)
     )
+
+
+def assert_matches(got: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    """Equal to ATOL in fp32, relative to the activations' scale when that exceeds 1.
+
+    fp32 summation order (channels_last vs NCHW kernels, folded normalisation) moves a value by
+    ~1e-6 of the activations' magnitude. Random-weight ResNet-50 (BatchNorm is the identity
+    before calibration) reaches |x| = 80 at layer3: measured differences up to 8e-5 (1e-6
+    relative), while an identical-layout, identical-input reference differs by exactly 0. Tap
+    magnitudes <= 1 (AlexNet, VGG-16, ViT here) keep the plain absolute 1e-5.
+    """
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(got, expected, atol=ATOL * scale, rtol=0, msg=msg)
 
 
 def reduced(tap: Tap, node_output: torch.Tensor) -> torch.Tensor:
@@ -224,12 +237,12 @@ class BackboneContract:
         for tap in record.taps:
             expected = reduced(tap, nodes[tap.name])
             assert full[tap.name].shape == expected.shape == (2, tap.dim), tap.name
-            torch.testing.assert_close(full[tap.name], expected, atol=ATOL, rtol=0, msg=tap.name)
+            assert_matches(full[tap.name], expected, msg=tap.name)
 
     def test_logits_equal_torchvision_forward(self, record, full, reference, images):
         with torch.inference_mode():
             expected = reference(normalized(images, record.default_tag.preprocess))
-        torch.testing.assert_close(full["logits"], expected, atol=ATOL, rtol=0)
+        assert_matches(full["logits"], expected)
 
     def test_single_layer_requests_equal_the_full_pass(self, backbone, images, full):
         for name in backbone.backbone.tap_names:
