@@ -47,7 +47,7 @@ class Featurizer:
         crop: ``"center"`` or ``"tencrop"`` (features averaged over the 10 crops).
         max_pixels: decompression-bomb limit for decoding.
         num_threads: torch intra-op threads (process-wide); default: the cores we may use.
-        download: allow downloading missing ``imagenet`` weights.
+        download: allow downloading missing pretrained weights (``imagenet`` or a tag).
     """
 
     def __init__(
@@ -71,8 +71,8 @@ class Featurizer:
         )
         self.device: torch.device = resolve_device(device)
         check_precision(precision, self.device)  # before the (slow) weights load
-        self.precision: str = precision
-        self.crop: str = crop
+        self.precision: Precision = precision
+        self.crop: CropMode = crop
         self.max_pixels = max_pixels
         self.num_threads = num_threads or default_num_threads()
         torch.set_num_threads(self.num_threads)

@@ -167,8 +167,8 @@ class Backbone:
         problems = []
         if len(set(names)) != len(names):
             problems.append(f"duplicate tap names {names}")
-        if len({tap.node for tap in self.taps}) != len(self.taps):
-            problems.append("two taps read the same graph node")
+        if len({(tap.node, tap.reduce) for tap in self.taps}) != len(self.taps):
+            problems.append("two taps read the same graph node with the same reduction")
         if not self.default_layers or not set(self.default_layers) <= set(names):
             problems.append(f"default layers {self.default_layers} must be among {names}")
         tags = [tag.name for tag in self.weight_tags]
