@@ -1,6 +1,6 @@
 """``Featurizer``: the Python API over backbone, weights, precision and preprocessing.
 
->>> fz = Featurizer(layers=["decaf6", "decaf7"], weights="imagenet")     # doctest: +SKIP
+>>> fz = Featurizer(["decaf6", "decaf7"], weights="imagenet")           # doctest: +SKIP
 >>> feats = fz.extract(["cat.jpg", open("dog.png", "rb").read()])       # doctest: +SKIP
 >>> feats["decaf6"].shape                                               # doctest: +SKIP
 (2, 4096)
@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from featurizer.backbone import DecafBackbone, build_backbone, check_layers
+from featurizer.backbone import DecafBackbone, build_backbone
+from featurizer.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
 from featurizer.errors import ImageDecodeError
 from featurizer.images import DEFAULT_MAX_PIXELS, ImageSource
-from featurizer.precision import (
-    Precision,
-    check_precision,
-    default_num_threads,
-    resolve_device,
-)
-from featurizer.preprocess import CropMode, load_and_preprocess
-from featurizer.weights import BackboneSpec, LoadedWeights, get_backbone_spec, resolve_weights
+from featurizer.options import CROP_MODES, CropMode, Precision
+from featurizer.precision import check_precision, default_num_threads, resolve_device
+from featurizer.preprocess import load_and_preprocess
+from featurizer.spec import PreprocessSpec
+from featurizer.weights import LoadedWeights, resolve_weights
 
 TENCROP_VIEWS = 10
 
@@ -37,23 +36,26 @@ class Featurizer:
     """DeCAF features from a pretrained backbone.
 
     Args:
-        layers: default taps returned by ``forward``/``extract`` (see ``backbone.LAYER_NAMES``).
-        weights: ``"imagenet"`` (torchvision cache, ``DECAF_WEIGHTS``), a ``.pth`` path, or
-            ``"random"`` (tests only).
+        layers: default taps returned by ``forward``/``extract``; ``None``: the backbone's
+            default layers (``decaf backbones`` lists every backbone's taps).
+        backbone: a registered name (``featurizer.backbones.backbone_names()``) or a record.
+        weights: ``"imagenet"`` (the backbone's default tag; torchvision cache,
+            ``DECAF_WEIGHTS``), a weight tag such as ``"IMAGENET1K_V1"``, a ``.pth`` path, or
+            ``"random"`` (tests only). The weights decide the preprocessing (``self.preprocess``).
         precision: ``fp32`` (reference), ``bf16`` (CPU/CUDA), ``fp16`` (CUDA), ``int8`` (CPU).
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         crop: ``"center"`` or ``"tencrop"`` (features averaged over the 10 crops).
         max_pixels: decompression-bomb limit for decoding.
         num_threads: torch intra-op threads (process-wide); default: the cores we may use.
-        download: allow downloading missing ``imagenet`` weights.
+        download: allow downloading missing pretrained weights (``imagenet`` or a tag).
     """
 
     def __init__(
         self,
-        layers: Sequence[str] = ("decaf6", "decaf7"),
+        layers: Sequence[str] | None = None,
         *,
+        backbone: Backbone | str = DEFAULT_BACKBONE,
         weights: str = "imagenet",
-        backbone: str = "alexnet",
         precision: Precision = "fp32",
         device: str = "auto",
         crop: CropMode = "center",
@@ -61,22 +63,25 @@ class Featurizer:
         num_threads: int | None = None,
         download: bool = True,
     ) -> None:
-        if crop not in ("center", "tencrop"):
-            raise ValueError(f"crop must be 'center' or 'tencrop', got {crop!r}")
-        self.spec: BackboneSpec = get_backbone_spec(backbone)
-        self.layers: tuple[str, ...] = check_layers(self.spec, layers)
+        if crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {list(CROP_MODES)}, got {crop!r}")
+        self.backbone: Backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.layers: tuple[str, ...] = self.backbone.check_layers(
+            self.backbone.default_layers if layers is None else layers
+        )
         self.device: torch.device = resolve_device(device)
         check_precision(precision, self.device)  # before the (slow) weights load
-        self.precision: str = precision
-        self.crop: str = crop
+        self.precision: Precision = precision
+        self.crop: CropMode = crop
         self.max_pixels = max_pixels
         self.num_threads = num_threads or default_num_threads()
         torch.set_num_threads(self.num_threads)
-        loaded = resolve_weights(weights, backbone, download=download)
-        self.model: DecafBackbone = build_backbone(self.spec, loaded)
+        loaded = resolve_weights(weights, self.backbone, download=download)
+        self.preprocess: PreprocessSpec = loaded.preprocess
+        self.model: DecafBackbone = build_backbone(self.backbone, loaded)
         self.model.set_precision(precision, self.device)
         # Provenance only: the model owns the tensors now, and for bf16/int8/CUDA keeping the
-        # fp32 CPU copy alive would cost another 244 MB.
+        # fp32 CPU copy alive would cost another copy of the weights (VGG-16: 528 MB).
         self.weights: LoadedWeights = dataclasses.replace(loaded, state_dict={})
         # One forward at a time: the service calls from worker threads, torch already uses all
         # cores inside one forward, and quantised modules are not documented as re-entrant.
@@ -84,31 +89,44 @@ class Featurizer:
 
     @property
     def dims(self) -> dict[str, int]:
-        return {name: self.spec.layer_dims[name] for name in self.layers}
+        dims = self.backbone.dims
+        return {name: dims[name] for name in self.layers}
+
+    @property
+    def spec(self) -> LoadedWeights:
+        """Transitional: ``featurizer.spec.preprocess`` still works; read ``.preprocess``.
+
+        Warns so the remaining callers show up in test output; delete once they are switched.
+        """
+        warnings.warn(
+            "Featurizer.spec is going away: use Featurizer.preprocess (the PreprocessSpec of the "
+            "loaded weights) or Featurizer.backbone (the record)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.weights
 
     def describe(self) -> dict:
         """JSON-safe provenance for manifests, probes and the service's GET /v1/model."""
         return {
-            "backbone": self.spec.name,
+            "backbone": self.backbone.name,
             "weights_id": self.weights.weights_id,
             "weights_sha256": self.weights.sha256,
             "layers": self.dims,
-            "preprocessing": {**self.spec.preprocess.to_dict(), "crop_mode": self.crop},
+            "preprocessing": {**self.preprocess.to_dict(), "crop_mode": self.crop},
             "precision": self.precision,
             "device": str(self.device),
         }
 
     def prepare(self, source: ImageSource) -> torch.Tensor:
         """Decode + resize/crop one image to uint8 (3,H,W), or (10,3,H,W) for tencrop."""
-        return load_and_preprocess(
-            source, self.spec.preprocess, self.crop, max_pixels=self.max_pixels
-        )
+        return load_and_preprocess(source, self.preprocess, self.crop, max_pixels=self.max_pixels)
 
     def forward(
         self, batch: torch.Tensor, layers: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """uint8 (N,3,H,W) or (N,10,3,H,W) -> float32 numpy (N, dim) per layer."""
-        names = self.layers if layers is None else check_layers(self.spec, layers)
+        names = self.layers if layers is None else self.backbone.check_layers(layers)
         images, views = self._flatten_views(batch)
         with self._lock, torch.inference_mode():
             taps = self.model(images, names)
@@ -127,7 +145,7 @@ class Featurizer:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        names = self.layers if layers is None else check_layers(self.spec, layers)
+        names = self.layers if layers is None else self.backbone.check_layers(layers)
         chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for start in range(0, len(images), batch_size):
             tensors = [
@@ -142,7 +160,7 @@ class Featurizer:
         }
 
     def _empty(self, layer: str) -> np.ndarray:
-        return np.zeros((0, self.spec.layer_dims[layer]), dtype=np.float32)
+        return np.zeros((0, self.backbone.dims[layer]), dtype=np.float32)
 
     def _prepare_indexed(self, index: int, source: ImageSource) -> torch.Tensor:
         try:
@@ -154,7 +172,7 @@ class Featurizer:
     def _flatten_views(self, batch: torch.Tensor) -> tuple[torch.Tensor, int]:
         if not isinstance(batch, torch.Tensor):
             raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
-        size = self.spec.preprocess.crop
+        size = self.preprocess.crop
         if batch.dtype != torch.uint8:
             raise TypeError(f"batch must be uint8 (from prepare()), got {batch.dtype}")
         if batch.dim() == 5 and batch.shape[1:] == (TENCROP_VIEWS, 3, size, size):
@@ -175,7 +193,7 @@ class Featurizer:
 
     def __repr__(self) -> str:
         return (
-            f"Featurizer(backbone={self.spec.name!r}, weights={self.weights.weights_id!r}, "
+            f"Featurizer(backbone={self.backbone.name!r}, weights={self.weights.weights_id!r}, "
             f"layers={list(self.layers)}, precision={self.precision!r}, device='{self.device}', "
             f"crop={self.crop!r})"
         )

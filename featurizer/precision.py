@@ -6,9 +6,13 @@ Measured on this project's 2-core AVX-512-BF16 CPU (benchmarks/model_throughput.
 - ``bf16``: the whole network is cast to bfloat16 (oneDNN kernels accumulate in fp32). Casting was
   faster than ``torch.autocast`` here (autocast re-casts the weights on every call) and equally
   faithful. Inputs are normalised in fp32 first, then rounded once to bf16.
-- ``int8``: dynamic quantisation of the fully connected layers (fc6/fc7/fc8) with
+- ``int8``: dynamic quantisation of every ``nn.Linear`` with
   ``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per batch. Convs
-  stay fp32. At batch 1 the fc layers (58 M of AlexNet's 61 M weights) dominate, as DeCAF observed.
+  stay fp32. Per backbone: AlexNet and VGG-16 fc6/fc7/fc8 (at batch 1 the fc layers, 58 M of
+  AlexNet's 61 M weights, dominate, as DeCAF observed); ResNet-50 only its fc head (the 2048-d
+  ``pool`` tap is computed before it and stays exact); ViT-B/16 the two MLP Linears of each block
+  and the head, while attention's ``out_proj`` (a ``NonDynamicallyQuantizableLinear``, matched out
+  by quantize_dynamic's exact-type lookup) and the fused q/k/v projection stay fp32.
   ``torch.ao.quantization`` is deprecated in favour of torchao but still works in torch 2.14; its
   deprecation warnings are silenced here, and a clear error is raised if it disappears.
 - ``fp16``: CUDA only (half model); CPUs have no fast fp16 convolutions.
@@ -18,15 +22,24 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from featurizer.errors import DecafError
+from featurizer.options import PRECISIONS, Precision
 
-Precision = Literal["fp32", "bf16", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "PrecisionError",
+    "apply_precision",
+    "check_precision",
+    "cpu_has_fast_bf16",
+    "default_num_threads",
+    "quantize_linear_int8",
+    "resolve_device",
+]
 
 
 class PrecisionError(DecafError, ValueError):

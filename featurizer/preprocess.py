@@ -31,10 +31,6 @@ averaged over the crops, so the order does not matter downstream.)
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
-
 import numpy as np
 import torch
 from PIL import Image
@@ -48,6 +44,8 @@ from featurizer.images import (
     ImageSource,
     decode_image,
 )
+from featurizer.options import CROP_MODES, CropMode
+from featurizer.spec import Interpolation, PreprocessSpec
 
 __all__ = [
     "CROP_MODES",
@@ -58,56 +56,13 @@ __all__ = [
     "resize_shorter_side",
 ]
 
-CropMode = Literal["center", "tencrop"]
-CROP_MODES: tuple[str, ...] = ("center", "tencrop")
-
-_RESAMPLE = {
+# Every name featurizer.spec.INTERPOLATIONS allows (tests/featurizer/test_preprocess.py checks).
+_RESAMPLE: dict[Interpolation, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How an RGB image becomes network input; part of every manifest and saved probe."""
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    antialias: bool = True
-
-    def __post_init__(self) -> None:
-        # JSON gives lists back; keep the frozen spec hashable and comparable.
-        object.__setattr__(self, "mean", _three_floats("mean", self.mean))
-        object.__setattr__(self, "std", _three_floats("std", self.std))
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"need 0 < crop <= resize, got crop={self.crop}, resize={self.resize}")
-        if self.interpolation not in _RESAMPLE:
-            raise ValueError(
-                f"unknown interpolation {self.interpolation!r}; choose from {sorted(_RESAMPLE)}"
-            )
-        if not self.antialias and self.interpolation != "nearest":
-            # PIL (the resize used here and by torchvision on PIL input) always antialiases.
-            raise ValueError("antialias=False is not supported: PIL resizing always antialiases")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (tuples become lists)."""
-        out = asdict(self)
-        out["mean"] = list(self.mean)
-        out["std"] = list(self.std)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        """Inverse of :meth:`to_dict`; unknown keys (e.g. a crop mode stored alongside) ignored."""
-        fields = cls.__dataclass_fields__
-        return cls(**{key: value for key, value in data.items() if key in fields})
 
 
 def preprocess(image: Image.Image, spec: PreprocessSpec, crop: CropMode = "center") -> torch.Tensor:
@@ -208,10 +163,3 @@ def _hwc_to_chw(pixels: np.ndarray) -> np.ndarray:
     # numpy's single-threaded transpose copy (~0.07 ms for 224x224x3) rather than torch's
     # permute().contiguous(), which was 15x slower on 2 busy cores (intra-op thread overhead).
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-def _three_floats(name: str, values: Any) -> tuple[float, float, float]:
-    floats = tuple(float(v) for v in values)
-    if len(floats) != 3 or not all(math.isfinite(v) for v in floats):
-        raise ValueError(f"{name} must be 3 finite numbers, got {values!r}")
-    return floats  # type: ignore[return-value]

@@ -174,3 +174,12 @@ def photo() -> Image.Image:
 def make_rgb() -> Callable[..., Image.Image]:
     """``make_rgb(size=(w, h), seed=0)`` -> deterministic textured RGB PIL image."""
     return textured_rgb
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TORCH_HOME (torch.hub.get_dir() re-reads it on every call), no DECAF_WEIGHTS."""
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.delenv("DECAF_WEIGHTS", raising=False)
+    return home

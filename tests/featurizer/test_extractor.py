@@ -16,7 +16,7 @@ from sklearn.datasets import load_sample_images
 
 import featurizer
 from featurizer import Featurizer
-from featurizer.errors import ImageDecodeError, UnknownLayerError
+from featurizer.errors import ImageDecodeError, UnknownBackboneError, UnknownLayerError
 from featurizer.precision import default_num_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore:USING RANDOM WEIGHTS")
@@ -149,11 +149,29 @@ def test_threads_default_to_usable_cores_and_can_be_set():
         torch.set_num_threads(before)
 
 
+def test_layers_default_to_the_backbones_default_layers():
+    assert Featurizer(weights="random").layers == ("decaf6", "decaf7")
+    vit = Featurizer(backbone="vit_b_16", weights="random")
+    assert vit.backbone.name == "vit_b_16" and vit.layers == ("cls",)
+    assert vit.describe()["backbone"] == "vit_b_16"
+    assert vit.describe()["layers"] == {"cls": 768}
+    with pytest.raises(UnknownLayerError, match=r"decaf6.*vit_b_16.*\['cls', 'logits'\]"):
+        Featurizer(["decaf6"], backbone="vit_b_16", weights="random")
+
+
+def test_preprocess_is_the_loaded_weights_and_spec_is_transitional(fz):
+    assert fz.preprocess == fz.weights.preprocess == fz.backbone.default_tag.preprocess
+    with pytest.warns(DeprecationWarning, match="Featurizer.preprocess"):
+        assert fz.spec.preprocess == fz.preprocess
+
+
 def test_constructor_validation():
     with pytest.raises(UnknownLayerError, match="decaf9"):
         Featurizer(["decaf9"], weights="random")
     with pytest.raises(ValueError, match="crop"):
         Featurizer(["decaf5"], weights="random", crop="five")  # type: ignore[arg-type]
+    with pytest.raises(UnknownBackboneError, match="resnet9000"):
+        Featurizer(weights="random", backbone="resnet9000")
 
 
 def test_package_reexports_public_api():

@@ -1,4 +1,7 @@
-"""bf16 / int8 fidelity against fp32 on real photographs, and precision/device validation.
+"""AlexNet's bf16 / int8 fidelity against fp32 on real photographs; precision/device validation.
+
+(Every backbone's fidelity per tap, at its test input size, is also measured by the contract in
+tests/featurizer/backbones/contract.py, with these bounds.)
 
 Fidelity is the cosine similarity between a view's fp32 feature vector and the same view's vector
 at reduced precision, per layer, on scikit-learn's two sample photographs (20 ten-crop views).
@@ -26,15 +29,17 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torch import nn
 
-from featurizer.backbone import LAYER_NAMES
+from featurizer.backbones import get_backbone
 from featurizer.extractor import Featurizer
 from featurizer.precision import PrecisionError, check_precision, resolve_device
-from featurizer.weights import BACKBONES
+from featurizer.weights import cache_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:USING RANDOM WEIGHTS")
 
 BOUNDS = {"bf16": 0.999, "int8": 0.995}
-WEIGHTS = "imagenet" if BACKBONES["alexnet"].cache_path().is_file() else "random"
+ALEXNET = get_backbone("alexnet")
+LAYER_NAMES = ALEXNET.tap_names
+WEIGHTS = "imagenet" if cache_path(ALEXNET.default_tag).is_file() else "random"
 
 
 def cosine_per_row(a: np.ndarray, b: np.ndarray) -> np.ndarray:

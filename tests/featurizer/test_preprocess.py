@@ -174,3 +174,11 @@ def test_reduced_scale_geometry_survives_exif_rotation(
     naive.info.clear()
     naive_diff = abs_diff(preprocess(naive, spec), full)
     assert float(diff.float().mean()) < float(naive_diff.float().mean())
+
+
+def test_every_interpolation_the_spec_allows_has_a_pil_filter() -> None:
+    from featurizer import spec as spec_module
+    from featurizer.preprocess import _RESAMPLE
+
+    assert PreprocessSpec is spec_module.PreprocessSpec  # re-exported, one class
+    assert set(_RESAMPLE) == set(spec_module.INTERPOLATIONS)

@@ -9,18 +9,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torchvision.models import AlexNet_Weights
 
-from featurizer.errors import WeightsError
+from featurizer.backbones import Backbone, get_backbone
+from featurizer.errors import UnknownBackboneError, WeightsError
 from featurizer.extractor import Featurizer
-from featurizer.weights import BACKBONES, resolve_weights
+from featurizer.weights import cache_path, canonical_state_dict, resolve_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:USING RANDOM WEIGHTS")
 
+ALEXNET = get_backbone("alexnet")
 TEST_BACKBONE = "alexnet-testcache"
 
 
@@ -48,31 +51,30 @@ def weights_sha(weights_file) -> str:
     return sha256(weights_file)
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch) -> Path:
-    """An empty TORCH_HOME (torch.hub.get_dir() re-reads it on every call)."""
-    home = tmp_path / "torch-home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.delenv("DECAF_WEIGHTS", raising=False)
-    return home
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def register_test_spec(monkeypatch, weights_file: Path, digest: str, url: str | None = None):
-    """A spec whose published file *is* our random state_dict: same code path as IMAGENET1K_V1."""
+def published_copy(source: Path, url_path: Path) -> Path:
+    """Hard-link ``source`` at ``url_path`` (a torchvision-style name with the sha256 prefix)."""
+    url_path.parent.mkdir(parents=True, exist_ok=True)
+    if not url_path.exists():
+        os.link(source, url_path)
+    return url_path
+
+
+def test_record(weights_file: Path, digest: str, url_path: Path | None = None) -> Backbone:
+    """A record whose published file *is* our random state_dict: same code path as
+    IMAGENET1K_V1. ``url_path`` (default: a link to ``weights_file`` named like torchvision's
+    files) is where its url points."""
     prefix = digest[:8]
-    spec = dataclasses.replace(
-        BACKBONES["alexnet"],
-        name=TEST_BACKBONE,
-        filename=f"alexnet-test-{prefix}.pth",
-        sha256_prefix=prefix,
-        url=url or weights_file.as_uri(),
-    )
-    monkeypatch.setitem(BACKBONES, TEST_BACKBONE, spec)
-    return spec
+    if url_path is None:
+        url_path = published_copy(weights_file, weights_file.parent / f"alexnet-test-{prefix}.pth")
+    tag = dataclasses.replace(ALEXNET.default_tag, url=url_path.as_uri())
+    return dataclasses.replace(ALEXNET, name=TEST_BACKBONE, weight_tags=(tag,))
+
+
+test_record.__test__ = False  # a helper, not a test
 
 
 def assert_same_tensors(got: dict, expected: dict) -> None:
@@ -82,40 +84,40 @@ def assert_same_tensors(got: dict, expected: dict) -> None:
 
 
 def test_alexnet_spec_matches_torchvision_metadata():
-    spec, tv = BACKBONES["alexnet"], AlexNet_Weights.IMAGENET1K_V1
-    assert spec.url == tv.url
-    assert spec.filename == tv.url.rsplit("/", 1)[1] == "alexnet-owt-7be5be79.pth"
-    assert spec.sha256_prefix == "7be5be79"
-    assert spec.accuracy["acc@1"] == tv.meta["_metrics"]["ImageNet-1K"]["acc@1"] == 56.522
+    tag, tv = ALEXNET.default_tag, AlexNet_Weights.IMAGENET1K_V1
+    assert tag.url == tv.url
+    assert tag.filename == tv.url.rsplit("/", 1)[1] == "alexnet-owt-7be5be79.pth"
+    assert tag.sha256_prefix == "7be5be79"
+    assert tag.acc1 == tv.meta["_metrics"]["ImageNet-1K"]["acc@1"] == 56.522
     transforms = tv.transforms()
-    assert list(spec.preprocess.mean) == list(transforms.mean)
-    assert list(spec.preprocess.std) == list(transforms.std)
-    assert [spec.preprocess.resize] == transforms.resize_size
-    assert [spec.preprocess.crop] == transforms.crop_size
+    assert list(tag.preprocess.mean) == list(transforms.mean)
+    assert list(tag.preprocess.std) == list(transforms.std)
+    assert [tag.preprocess.resize] == transforms.resize_size
+    assert [tag.preprocess.crop] == transforms.crop_size
 
 
-def put_in_cache(torch_home: Path, spec, source: Path) -> Path:
-    cached = torch_home / "hub" / "checkpoints" / spec.filename
+def put_in_cache(torch_home: Path, record: Backbone, source: Path) -> Path:
+    cached = torch_home / "hub" / "checkpoints" / record.default_tag.filename
     cached.parent.mkdir(parents=True)
     cached.hardlink_to(source)  # 244 MB: link rather than copy
     return cached
 
 
 def test_imagenet_from_torch_home_cache_equals_explicit_path(
-    torch_home, monkeypatch, weights_file, weights_sha, random_state_dict
+    torch_home, weights_file, weights_sha, random_state_dict
 ):
-    spec = register_test_spec(monkeypatch, weights_file, weights_sha)
-    cached = put_in_cache(torch_home, spec, weights_file)
-    from_cache = Featurizer(["decaf7"], weights="imagenet", backbone=TEST_BACKBONE, download=False)
+    record = test_record(weights_file, weights_sha)
+    cached = put_in_cache(torch_home, record, weights_file)
+    from_cache = Featurizer(["decaf7"], weights="imagenet", backbone=record, download=False)
     assert from_cache.weights.weights_id == f"{TEST_BACKBONE}/IMAGENET1K_V1"
     assert from_cache.weights.source == str(cached)
     assert from_cache.weights.sha256 == weights_sha
     assert_same_tensors(from_cache.model.net.state_dict(), random_state_dict)
 
-    from_file = Featurizer(["decaf7"], weights=str(weights_file), backbone=TEST_BACKBONE)
+    from_file = Featurizer(["decaf7"], weights=str(weights_file), backbone=record)
     assert from_file.weights.source == str(weights_file.resolve())
     assert_same_tensors(from_file.model.net.state_dict(), random_state_dict)
-    # A file whose hash is a registered spec's gets that spec's id, so probes stay compatible.
+    # A file whose hash is a registered tag's gets that tag's id, so probes stay compatible.
     assert from_file.describe()["weights_id"] == from_cache.describe()["weights_id"]
     assert from_file.describe()["weights_sha256"] == weights_sha
     batch = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8)
@@ -123,7 +125,7 @@ def test_imagenet_from_torch_home_cache_equals_explicit_path(
 
 
 def test_unregistered_file_gets_a_file_id(weights_file, weights_sha):
-    loaded = resolve_weights(str(weights_file))  # the test spec is not registered here
+    loaded = resolve_weights(str(weights_file))  # plain alexnet: no tag has this hash
     assert loaded.weights_id == "file:my-alexnet.pth"
     assert loaded.sha256 == weights_sha
 
@@ -139,48 +141,43 @@ def test_missing_cache_offline_names_path_and_how_to_supply(torch_home):
 
 
 def test_download_when_missing_verifies_hash_and_fills_cache(
-    torch_home, monkeypatch, weights_file, weights_sha, random_state_dict
+    torch_home, weights_file, weights_sha, random_state_dict
 ):
-    spec = register_test_spec(
-        monkeypatch, weights_file, weights_sha
-    )  # url = file://... (no network)
-    loaded = resolve_weights("imagenet", TEST_BACKBONE, download=True)
-    cached = torch_home / "hub" / "checkpoints" / spec.filename
+    record = test_record(weights_file, weights_sha)  # url = file://... (no network)
+    loaded = resolve_weights("imagenet", record, download=True)
+    cached = torch_home / "hub" / "checkpoints" / record.default_tag.filename
     assert cached.is_file() and loaded.source == str(cached)
     assert_same_tensors(loaded.state_dict, random_state_dict)
 
 
 def test_failed_download_is_a_weights_error_and_leaves_no_file(
-    torch_home, monkeypatch, weights_file, weights_sha, tmp_path
+    torch_home, weights_file, weights_sha, tmp_path
 ):
-    spec = register_test_spec(
-        monkeypatch, weights_file, weights_sha, url=(tmp_path / "gone.pth").as_uri()
-    )
+    gone = tmp_path / f"gone-{weights_sha[:8]}.pth"
+    record = test_record(weights_file, weights_sha, url_path=gone)
     with pytest.raises(WeightsError, match="could not download") as info:
-        resolve_weights("imagenet", TEST_BACKBONE, download=True)
-    cached = torch_home / "hub" / "checkpoints" / spec.filename
+        resolve_weights("imagenet", record, download=True)
+    cached = torch_home / "hub" / "checkpoints" / record.default_tag.filename
     assert str(cached) in str(info.value) and "--weights PATH" in str(info.value)
     assert not cached.exists()
 
 
-def test_download_with_wrong_hash_is_refused(
-    torch_home, monkeypatch, weights_file, weights_sha, tmp_path
-):
-    impostor = tmp_path / "impostor.pth"
+def test_download_with_wrong_hash_is_refused(torch_home, weights_file, weights_sha, tmp_path):
+    impostor = tmp_path / f"impostor-{weights_sha[:8]}.pth"  # right name, wrong content
     torch.save({"x": torch.zeros(1)}, impostor)
-    spec = register_test_spec(monkeypatch, weights_file, weights_sha, url=impostor.as_uri())
+    record = test_record(weights_file, weights_sha, url_path=impostor)
     with pytest.raises(WeightsError, match="hash"):
-        resolve_weights("imagenet", TEST_BACKBONE, download=True)
-    assert not (torch_home / "hub" / "checkpoints" / spec.filename).exists()
+        resolve_weights("imagenet", record, download=True)
+    assert not (torch_home / "hub" / "checkpoints" / record.default_tag.filename).exists()
 
 
-def test_corrupt_cache_file_is_refused_not_used(torch_home, monkeypatch, weights_file, weights_sha):
-    spec = register_test_spec(monkeypatch, weights_file, weights_sha)
-    cached = torch_home / "hub" / "checkpoints" / spec.filename
+def test_corrupt_cache_file_is_refused_not_used(torch_home, weights_file, weights_sha):
+    record = test_record(weights_file, weights_sha)
+    cached = torch_home / "hub" / "checkpoints" / record.default_tag.filename
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"half a download")
     with pytest.raises(WeightsError, match="corrupt") as info:
-        resolve_weights("imagenet", TEST_BACKBONE, download=True)
+        resolve_weights("imagenet", record, download=True)
     assert str(cached) in str(info.value)
 
 
@@ -231,10 +228,44 @@ def test_bad_weight_files_raise_clear_errors(tmp_path, random_state_dict, conten
 
 
 def test_unknown_source_and_backbone():
-    with pytest.raises(WeightsError, match="neither 'imagenet', 'random' nor an existing file"):
+    with pytest.raises(WeightsError, match="neither 'imagenet', 'random', a weight tag") as info:
         resolve_weights("/no/such/file.pth")
-    with pytest.raises(WeightsError, match="unknown backbone"):
+    assert "IMAGENET1K_V1" in str(info.value) and "an existing file" in str(info.value)
+    with pytest.raises(UnknownBackboneError, match=r"unknown backbone 'vgg99'.*alexnet"):
         resolve_weights("random", backbone="vgg99")
+
+
+def test_a_tag_name_reads_that_tags_cache_file(torch_home, weights_file, weights_sha):
+    record = test_record(weights_file, weights_sha)
+    cached = put_in_cache(torch_home, record, weights_file)
+    loaded = resolve_weights("IMAGENET1K_V1", record, download=False)
+    assert loaded.source == str(cached) == str(cache_path(record.default_tag))
+    assert loaded.weights_id == f"{TEST_BACKBONE}/IMAGENET1K_V1"
+    assert loaded.preprocess == record.default_tag.preprocess
+
+
+def test_files_and_random_weights_carry_the_default_tags_preprocessing(weights_file):
+    assert resolve_weights(str(weights_file)).preprocess == ALEXNET.default_tag.preprocess
+    assert resolve_weights("random").preprocess == ALEXNET.default_tag.preprocess
+
+
+def test_legacy_key_names_load_as_torchvision_loads_them():
+    # Published checkpoints predating a module rename: ViT's MLP was linear_1/linear_2 before
+    # torchvision 0.14; torchvision's load hook renames them, and so does our check (meta
+    # tensors: names and shapes are all that is checked here).
+    vit = get_backbone("vit_b_16")
+    with torch.device("meta"):
+        expected = vit.build().state_dict()
+    legacy = {
+        key.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): value
+        for key, value in expected.items()
+    }
+    assert "encoder.layers.encoder_layer_0.mlp.linear_1.weight" in legacy
+    canonical = canonical_state_dict(vit, legacy, source="legacy.pth")
+    assert canonical.keys() == expected.keys()
+    del legacy["encoder.layers.encoder_layer_0.mlp.linear_1.weight"]
+    with pytest.raises(WeightsError, match=r"missing \['encoder.layers.encoder_layer_0.mlp.0"):
+        canonical_state_dict(vit, legacy, source="legacy.pth")
 
 
 def test_random_weights_are_loud_seeded_and_untracked():
