@@ -1,4 +1,4 @@
-# Two entry points: `make run` (start the service) and `make test` (lint + tests).
+# Two entry points: `make run` (start the service) and `make test` (lint + import floors + tests).
 # Each creates its own virtualenv in .venv and installs what it needs.
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -29,6 +29,7 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check featurizer classifiers service tests benchmarks
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test

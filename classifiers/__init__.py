@@ -1,43 +1,74 @@
 """Linear probes on DeCAF features and the papers' evaluation protocols.
 
-Public API: :class:`LinearProbe`, :func:`evaluate`, :func:`few_shot_curve`, :func:`save_probe`,
-:func:`load_probe`, :func:`check_compatible`, and the typed errors.
+Public API: :class:`LinearProbe`, :func:`make_probe`, :func:`evaluate`, :func:`few_shot_curve`,
+:func:`save_probe`, :func:`load_probe`, :func:`check_compatible`, the protocol registry and the
+typed errors. Names are imported on first use (PEP 562): ``import classifiers`` loads neither
+scikit-learn nor torch, so ``decaf --help`` stays fast.
 """
 
-from classifiers.errors import ProbeError, ProbeMismatchError
-from classifiers.persistence import (
-    check_compatible,
-    load_probe,
-    provenance_from_featurizer,
-    provenance_from_manifest,
-    save_probe,
-)
-from classifiers.probe import LinearProbe, mean_per_class_accuracy
-from classifiers.protocols import (
-    PROTOCOLS,
-    ProtocolResult,
-    Split,
-    SplitResult,
-    evaluate,
-    few_shot_curve,
-    make_splits,
-)
+from __future__ import annotations
 
-__all__ = [
-    "PROTOCOLS",
-    "LinearProbe",
-    "ProbeError",
-    "ProbeMismatchError",
-    "ProtocolResult",
-    "Split",
-    "SplitResult",
-    "check_compatible",
-    "evaluate",
-    "few_shot_curve",
-    "load_probe",
-    "make_splits",
-    "mean_per_class_accuracy",
-    "provenance_from_featurizer",
-    "provenance_from_manifest",
-    "save_probe",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ProbeError": "classifiers.errors",
+    "ProbeMismatchError": "classifiers.errors",
+    "check_compatible": "classifiers.persistence",
+    "load_probe": "classifiers.persistence",
+    "provenance_from_featurizer": "classifiers.persistence",
+    "provenance_from_manifest": "classifiers.persistence",
+    "save_probe": "classifiers.persistence",
+    "LinearProbe": "classifiers.probe",
+    "make_probe": "classifiers.probe",
+    "mean_per_class_accuracy": "classifiers.probe",
+    "LabelledRows": "classifiers.data",
+    "labelled_rows": "classifiers.data",
+    "PROTOCOLS": "classifiers.registry",
+    "PROTOCOL_NAMES": "classifiers.registry",
+    "get_protocol": "classifiers.registry",
+    "ProtocolResult": "classifiers.protocols",
+    "SplitResult": "classifiers.protocols",
+    "evaluate": "classifiers.protocols",
+    "few_shot_curve": "classifiers.protocols",
+    "make_splits": "classifiers.protocols",
+    "Split": "classifiers.splits",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'classifiers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from classifiers.data import LabelledRows, labelled_rows
+    from classifiers.errors import ProbeError, ProbeMismatchError
+    from classifiers.persistence import (
+        check_compatible,
+        load_probe,
+        provenance_from_featurizer,
+        provenance_from_manifest,
+        save_probe,
+    )
+    from classifiers.probe import LinearProbe, make_probe, mean_per_class_accuracy
+    from classifiers.protocols import (
+        ProtocolResult,
+        SplitResult,
+        evaluate,
+        few_shot_curve,
+        make_splits,
+    )
+    from classifiers.registry import PROTOCOL_NAMES, PROTOCOLS, get_protocol
+    from classifiers.splits import Split

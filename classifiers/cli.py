@@ -342,8 +342,9 @@ def default_weights(meta: dict[str, Any]) -> str:
     weights_id = str(meta.get("weights_id") or "")
     if weights_id == "random":
         return "random"
-    if weights_id.startswith(f"{meta.get('backbone')}/"):
-        return "imagenet"
+    backbone, _, tag = weights_id.partition("/")
+    if tag and backbone == meta.get("backbone"):
+        return tag  # the exact tag: a ResNet-50 V1 probe must not be run on V2 weights
     raise ProbeError(
         f"the probe was trained on features from weights {weights_id!r}; pass the same file "
         "with --weights PATH"

@@ -1,59 +1,90 @@
-"""DeCAF features from a pretrained torchvision AlexNet (pure compute: never imports fastapi).
+"""DeCAF features from pretrained torchvision backbones (pure compute: never imports fastapi).
 
 Public API::
 
     from featurizer import Featurizer
-    fz = Featurizer(layers=["decaf6", "decaf7"], weights="imagenet", precision="fp32")
+    fz = Featurizer(["decaf6", "decaf7"], backbone="alexnet", weights="imagenet")
     features = fz.extract(["a.jpg", "b.png"])        # {"decaf6": (2, 4096) float32, ...}
 
-Note: ``featurizer.preprocess`` here is the *function*; the module of the same name is still
-importable with ``from featurizer.preprocess import ...``.
+Names are imported on first use (PEP 562), so ``import featurizer`` — and ``decaf --help`` —
+load neither torch nor pyarrow. Importing has no side effects: process tuning (OpenMP, threads)
+is done by entry points through :mod:`featurizer.runtime`.
 """
 
-import os
+from __future__ import annotations
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, so decode workers
-# sharing the cores get them. Measured on 2 cores (benchmarks/extract_throughput.py, fp32,
-# 512 small JPEGs): end-to-end 97-101 vs 84-88 images/s with spinning, model alone unchanged.
-# An explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from featurizer.backbone import LAYER_NAMES
-from featurizer.batch import extract_dataset
-from featurizer.errors import (
-    DecafError,
-    ImageDecodeError,
-    ImageTooLargeError,
-    StoreError,
-    UnknownLayerError,
-    WeightsError,
-)
-from featurizer.extractor import Featurizer
-from featurizer.images import decode_image
-from featurizer.precision import PRECISIONS, PrecisionError
-from featurizer.preprocess import PreprocessSpec, load_and_preprocess, preprocess
-from featurizer.store import load_features
-from featurizer.weights import BACKBONES, BackboneSpec, LoadedWeights, resolve_weights
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_BACKBONE": "featurizer.backbones",
+    "Backbone": "featurizer.backbones",
+    "Tap": "featurizer.backbones",
+    "WeightTag": "featurizer.backbones",
+    "backbone_names": "featurizer.backbones",
+    "get_backbone": "featurizer.backbones",
+    "DecafError": "featurizer.errors",
+    "ImageDecodeError": "featurizer.errors",
+    "ImageTooLargeError": "featurizer.errors",
+    "StoreError": "featurizer.errors",
+    "UnknownBackboneError": "featurizer.errors",
+    "UnknownLayerError": "featurizer.errors",
+    "WeightsError": "featurizer.errors",
+    "PrecisionError": "featurizer.precision",
+    "CROP_MODES": "featurizer.options",
+    "PRECISIONS": "featurizer.options",
+    "PreprocessSpec": "featurizer.spec",
+    "Featurizer": "featurizer.extractor",
+    "decode_image": "featurizer.images",
+    "load_and_preprocess": "featurizer.preprocess",
+    "LoadedWeights": "featurizer.weights",
+    "resolve_weights": "featurizer.weights",
+    "extract_dataset": "featurizer.extraction",
+    "FeatureStore": "featurizer.store",
+    "load_features": "featurizer.store",
+}
 
-__all__ = [
-    "BACKBONES",
-    "LAYER_NAMES",
-    "PRECISIONS",
-    "BackboneSpec",
-    "DecafError",
-    "Featurizer",
-    "ImageDecodeError",
-    "ImageTooLargeError",
-    "LoadedWeights",
-    "PrecisionError",
-    "PreprocessSpec",
-    "StoreError",
-    "UnknownLayerError",
-    "WeightsError",
-    "decode_image",
-    "extract_dataset",
-    "load_and_preprocess",
-    "load_features",
-    "preprocess",
-    "resolve_weights",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featurizer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from featurizer.backbones import (
+        DEFAULT_BACKBONE,
+        Backbone,
+        Tap,
+        WeightTag,
+        backbone_names,
+        get_backbone,
+    )
+    from featurizer.errors import (
+        DecafError,
+        ImageDecodeError,
+        ImageTooLargeError,
+        StoreError,
+        UnknownBackboneError,
+        UnknownLayerError,
+        WeightsError,
+    )
+    from featurizer.extraction import extract_dataset
+    from featurizer.extractor import Featurizer
+    from featurizer.images import decode_image
+    from featurizer.options import CROP_MODES, PRECISIONS
+    from featurizer.precision import PrecisionError
+    from featurizer.preprocess import load_and_preprocess
+    from featurizer.spec import PreprocessSpec
+    from featurizer.store import FeatureStore, load_features
+    from featurizer.weights import LoadedWeights, resolve_weights

@@ -118,3 +118,21 @@ def test_shots_need_a_protocol_with_n_train():
     args = parser().parse_args(["probe", "eval", "store", *flags])
     with pytest.raises(ProbeError, match="use caltech101 or sun397, or drop --shots"):
         args.func(args)
+
+
+@pytest.mark.parametrize(
+    ("weights_id", "expected"),
+    [
+        ("alexnet/IMAGENET1K_V1", "IMAGENET1K_V1"),
+        ("resnet50/IMAGENET1K_V1", "IMAGENET1K_V1"),  # not "imagenet", which means V2 for ResNet
+        ("random", "random"),
+    ],
+)
+def test_predict_defaults_to_the_probes_own_weight_tag(weights_id, expected):
+    backbone = weights_id.split("/")[0] if "/" in weights_id else "alexnet"
+    assert cli.default_weights({"weights_id": weights_id, "backbone": backbone}) == expected
+
+
+def test_predict_asks_for_the_file_when_the_probe_came_from_one():
+    with pytest.raises(ProbeError, match="--weights PATH"):
+        cli.default_weights({"weights_id": "file:mine.pth", "backbone": "alexnet"})
