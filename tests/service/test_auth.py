@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service._service_helpers import jpeg_bytes
+from tests.service._service_helpers import jpeg_bytes, problem
 
 KEY = "s3cret-key"
 
@@ -37,7 +37,8 @@ def test_every_v1_route_requires_the_key(keyed_client):
         response = keyed_client.request(method, path)
         assert response.status_code == 401, (method, path, response.text)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert "API key" in response.json()["error"]["message"]
+        body = problem(response, 401, "/problems/api-key")
+        assert "API key" in body["detail"] and body["title"] == "Missing or invalid API key"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.service._service_helpers import problem
 from tests.service._state_helpers import (
     API_KEY,
     CLASS_COLOURS,
@@ -126,14 +127,16 @@ def test_dataset_fit_validation_errors(api: Any, body: dict, fragment: str) -> N
 def test_dataset_fit_not_found_and_bad_layer(api: Any) -> None:
     missing = api.post("/v1/probes", json={"dataset": "nope"})
     assert missing.status_code == 404 and "not found" in error_message(missing)
+    problem(missing, 404, "/problems/dataset-not-found")
     absent = api.post("/v1/probes", json={"dataset": "pets", "layer": "decaf5"})
-    assert absent.status_code == 400 and "available" in error_message(absent)
+    assert "available" in problem(absent, 422, "/problems/unknown-layer")["detail"]
     broken = api.post(
         "/v1/probes", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert broken.status_code == 400
+    assert "invalid JSON" in problem(broken, 400, "/problems/malformed-body")["detail"]
     plain = api.post("/v1/probes", content=b"hello", headers={"content-type": "text/plain"})
     assert plain.status_code == 415 and "multipart/form-data" in error_message(plain)
+    problem(plain, 415, "/problems/unsupported-media-type")
 
 
 # --------------------------------------------------------------------------- few-shot
@@ -168,10 +171,10 @@ def test_few_shot_labels_as_repeated_fields(api: Any) -> None:
         (["cat", "dog", "dog"], {"labels": json.dumps(["cat", "dog"])}, 422, "2 labels"),
         (["cat", "dog"], {"labels": "[not json"}, 422, "not valid JSON"),
         (["cat", "dog"], {"labels": json.dumps(["cat", ""])}, 422, "non-empty"),
-        (["cat", "cat"], {}, 400, "at least 2 classes"),
+        (["cat", "cat"], {}, 422, "at least 2 classes"),
         (["cat", "dog"], {"classifier": "forest"}, 422, "classifier"),
         (["cat", "dog"], {"C": "-3"}, 422, "C"),
-        (["cat", "dog"], {"layer": "decaf5"}, 400, "not served"),
+        (["cat", "dog"], {"layer": "decaf5"}, 422, "not served"),
         (["cat", "dog"], {"name": "bad name"}, 422, "name"),
     ],
 )
