@@ -80,6 +80,7 @@ def test_fit_from_dataset_as_a_job_then_predict(api: Any) -> None:
         and detail["job_id"] == job["id"]
     )
     assert detail["metrics"]["num_train"] == 12 and detail["metrics"]["C"] == 1.0
+    assert detail["backbone"] == "alexnet" and detail["score_kind"] == "probability"
     assert "evaluation" in detail["metrics"]
     provenance = detail["provenance"]
     assert provenance["weights_id"] == "random" and provenance["layer"] == "decaf7"
@@ -91,6 +92,7 @@ def test_fit_from_dataset_as_a_job_then_predict(api: Any) -> None:
     assert predicted.status_code == 200, predicted.text
     result = predicted.json()
     assert result["probe_id"] == probe_id and result["layer"] == "decaf7"
+    assert result["backbone"] == "alexnet" and result["score_kind"] == "probability"
     owl, cat, bad = result["results"]
     for item in (owl, cat):
         scores = [p["score"] for p in item["predictions"]]
@@ -191,6 +193,29 @@ def test_few_shot_errors(
 def test_few_shot_without_files(api: Any) -> None:
     response = api.post("/v1/probes", data={"labels": "[]"}, files={"other": ("x", b"y")})
     assert response.status_code == 422 and "no images" in error_message(response)
+
+
+def test_svm_scores_are_margins_not_probabilities(api: Any) -> None:
+    request = few_shot_request(["cat", "cat", "dog", "dog", "owl", "owl"], classifier="svm")
+    request["data"]["C"] = "1.0"
+    created = api.post("/v1/probes", **request)
+    assert created.status_code == 201, created.text
+    probe = created.json()
+    assert probe["classifier"] == "svm" and probe["score_kind"] == "margin"
+    listed = {p["id"]: p for p in api.get("/v1/probes").json()["probes"]}
+    assert listed[probe["id"]]["score_kind"] == "margin"
+    predicted = api.post(
+        f"/v1/probes/{probe['id']}/predict", files=[upload("owl", 7)], params={"top_k": 3}
+    )
+    assert predicted.status_code == 200, predicted.text
+    result = predicted.json()
+    assert result["score_kind"] == "margin"
+    scores = [p["score"] for p in result["results"][0]["predictions"]]
+    assert scores == sorted(scores, reverse=True)
+    # One-vs-rest margins: the runners-up lie on the wrong side of their hyperplanes. These are
+    # not probabilities (they neither sum to 1 nor stay in [0, 1]).
+    assert scores[-1] < 0 and abs(sum(scores) - 1.0) > 1e-3
+    assert result["results"][0]["predictions"][0]["label"] == "owl"
 
 
 # --------------------------------------------------------------------------- get / delete
