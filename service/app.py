@@ -24,7 +24,8 @@ from fastapi import FastAPI
 
 from service.api.errors import document_problems, install_error_handlers
 from service.api.routes import datasets, extractions, features, health, jobs, model, probes
-from service.jobs import JobHandler, JobManager
+from service.job_context import JobHandler
+from service.jobs import JobManager
 from service.metrics import ServiceMetrics
 from service.middleware import (
     BodySizeLimitMiddleware,

@@ -18,7 +18,6 @@ the server with several workers never executes a recovered job twice.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -31,6 +30,8 @@ from typing import Any, ClassVar
 from sqlalchemy import select
 
 from featurizer.errors import DecafError
+from service.job_context import CANCEL_POLL_INTERVAL_S, JobContext, JobHandler
+from service.process_lock import ProcessLock
 from service.settings import Settings
 from service.state import (
     ACTIVE_STATUSES,
@@ -45,7 +46,6 @@ from service.state import (
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL_S = 0.5
-CANCEL_POLL_INTERVAL_S = 1.0
 RECOVERY_RETRY_S = 2.0  # how often a non-owner checks whether the recovery owner is gone
 
 
@@ -79,56 +79,6 @@ class JobConflictError(JobError):
     http_status: ClassVar[int] = 409
 
 
-class JobCancelledError(JobError):
-    """Raised inside a handler at a stop point once a cancel (or shutdown) was asked."""
-
-    http_status: ClassVar[int] = 409
-
-
-@dataclasses.dataclass
-class JobContext:
-    """What a running job handler may use: its parameters, progress reporting and a stop flag."""
-
-    job_id: str
-    kind: str
-    params: dict[str, Any]
-    attempt: int
-    settings: Settings
-    db: Database
-    stop_event: threading.Event
-    _report: Callable[[dict[str, Any], bool], None]
-    cancel_poll_interval_s: float = CANCEL_POLL_INTERVAL_S
-    _next_db_check: float = 0.0
-
-    def should_stop(self) -> bool:
-        """True once a cancel was asked, here or by another server process sharing the DB."""
-        if self.stop_event.is_set():
-            return True
-        now = time.monotonic()
-        if now >= self._next_db_check:
-            # DELETE may have reached another worker process: its flag is in the database.
-            # Read at most once per interval, so such a cancel is seen up to that much later.
-            self._next_db_check = now + self.cancel_poll_interval_s
-            with self.db.session() as session:
-                row = session.get(JobRow, self.job_id)
-                if row is not None and row.cancel_requested:
-                    self.stop_event.set()
-        return self.stop_event.is_set()
-
-    def stop_point(self) -> None:
-        """Raise JobCancelledError if the job should stop (call between units of work)."""
-        if self.should_stop():
-            raise JobCancelledError(f"{self.kind} job {self.job_id} cancelled")
-
-    def report(self, progress: dict[str, Any], *, force: bool = False) -> None:
-        """Record progress (done, total, images_per_s, errors, eta_s); writes are throttled."""
-        self._report(progress, force)
-
-
-JobHandler = Callable[[JobContext], dict[str, Any]]
-"""Runs one job and returns its result (a JSON-safe dict; its `progress`, if any, is kept)."""
-
-
 def job_to_dict(row: JobRow) -> dict[str, Any]:
     """The JSON shape of a job in the API."""
     return {
@@ -147,49 +97,6 @@ def job_to_dict(row: JobRow) -> dict[str, Any]:
         "finished_at": iso(row.finished_at),
         "updated_at": iso(row.updated_at),
     }
-
-
-class _ProcessLock:
-    """Advisory, non-blocking lock on a file; released by the OS when the owning process dies.
-
-    POSIX record locks (``lockf``), not ``flock``: a flock is shared with forked children, so
-    a killed server's DataLoader workers would keep it for seconds after the kill and the
-    restarted server would skip recovery. Record locks belong to one process only; within a
-    process the set below makes a second holder fail too.
-    """
-
-    _held_here: ClassVar[set[Path]] = set()
-    _guard: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.resolve()
-        self._handle: Any = None
-
-    def acquire(self) -> bool:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: single process assumed
-            return True
-        with self._guard:
-            if self.path in self._held_here:
-                return False
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")  # noqa: SIM115 - held open for the process lifetime
-            try:
-                fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                return False
-            self._handle = handle
-            self._held_here.add(self.path)
-            return True
-
-    def release(self) -> None:
-        with self._guard:
-            if self._handle is not None:
-                self._handle.close()  # closing the file drops the record lock
-                self._handle = None
-                self._held_here.discard(self.path)
 
 
 class JobManager:
@@ -216,7 +123,7 @@ class JobManager:
         self._stops: dict[str, threading.Event] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._shutting_down = False
-        self._recovery_lock = _ProcessLock(Path(settings.data_dir) / ".jobs.lock")
+        self._recovery_lock = ProcessLock(Path(settings.data_dir) / ".jobs.lock")
 
     @property
     def kinds(self) -> list[str]:

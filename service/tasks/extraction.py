@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from service.jobs import JobContext, JobHandler
+from service.job_context import JobContext, JobHandler
 
 if TYPE_CHECKING:
     from featurizer.batch import ExtractionResult

@@ -13,7 +13,7 @@ import numpy as np
 
 from classifiers.errors import ProbeError
 from service.dataset_store import dataset_path
-from service.jobs import JobContext
+from service.job_context import JobContext
 from service.probe_store import ProbeStore, fit_metrics, make_probe, probe_to_dict
 
 KIND = "probe_fit"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from featurizer.store import read_manifest
+from service.job_context import JobContext
 from service.jobs import (
     JobConflictError,
-    JobContext,
     JobManager,
     JobNotFoundError,
     UnknownJobKindError,
@@ -342,8 +342,6 @@ def test_cancel_poll_reads_the_database_at_most_once_per_interval(
 ) -> None:
     # should_stop() runs after every batch and must not cost a database read each time; a
     # cancel written by another process is seen within one interval instead.
-    from service.jobs import JobContext
-
     _insert(env["db"], "job", "running", {})
     ctx = JobContext(
         job_id="job",
@@ -357,8 +355,8 @@ def test_cancel_poll_reads_the_database_at_most_once_per_interval(
         cancel_poll_interval_s=0.2,
     )
     now = [100.0]
-    # A fake clock for service.jobs only (the real `time` module stays untouched).
-    monkeypatch.setattr("service.jobs.time", SimpleNamespace(monotonic=lambda: now[0]))
+    # A fake clock for service.job_context only (the real `time` module stays untouched).
+    monkeypatch.setattr("service.job_context.time", SimpleNamespace(monotonic=lambda: now[0]))
     assert ctx.should_stop() is False  # the first call reads the flag
     with env["db"].session() as session:
         session.get(JobRow, "job").cancel_requested = True

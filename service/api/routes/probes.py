@@ -18,7 +18,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from classifiers.errors import ProbeMismatchError
 from featurizer.options import CROP_MODES
 from service.api.deps import (
     ApiKeyDep,
@@ -30,11 +29,9 @@ from service.api.deps import (
 )
 from service.api.errors import V1_PROBLEMS, problem_responses
 from service.classifier_options import ClassifierKind
-from service.dataset_store import check_layer_stored, finished_manifest
 from service.errors import MalformedBodyError, UnsupportedMediaTypeError
-from service.few_shot import FORM_FIELDS, fit_few_shot, parse_labels
-from service.models import ModelPool
 from service.predict import predict_uploads
+from service.probe_fits import FORM_FIELDS, dataset_fit_params, fit_few_shot, parse_labels
 from service.probe_store import probe_to_dict
 from service.schemas import (
     FewShotForm,
@@ -45,7 +42,6 @@ from service.schemas import (
     ProbeList,
     inline_schema,
 )
-from service.settings import Settings
 from service.tasks import probe_fit
 
 router = APIRouter(prefix="/v1", tags=["probes"], dependencies=[ApiKeyDep], responses=V1_PROBLEMS)
@@ -131,7 +127,7 @@ async def create_probe(
     if content_type == "application/json":
         body = _validated(ProbeFromDataset, await _json_body(request))
         # File and database work off the event loop (SQLite may wait on a busy writer).
-        params = await run_in_threadpool(_dataset_fit_params, body, settings, models)
+        params = await run_in_threadpool(dataset_fit_params, body, settings, models)
         job = await run_in_threadpool(jobs.submit, probe_fit.KIND, params)
         response.headers["Location"] = f"/v1/jobs/{job['id']}"
         return job
@@ -168,24 +164,6 @@ async def _json_body(request: Request) -> Any:
         return await request.json()
     except ValueError as exc:
         raise MalformedBodyError(f"invalid JSON body: {exc}") from exc
-
-
-def _dataset_fit_params(
-    body: ProbeFromDataset, settings: Settings, models: ModelPool
-) -> dict[str, Any]:
-    """Check the backbone, the layer and the store before a job is queued (fail fast)."""
-    backbone = models.get(body.backbone).name
-    layer = body.layer or models.get(backbone).default_layers[0]
-    models.check_taps(backbone, [layer])
-    manifest = finished_manifest(settings, body.dataset)
-    check_layer_stored(manifest, body.dataset, layer)
-    stored = manifest.get("backbone")
-    if stored != backbone:
-        raise ProbeMismatchError(
-            f"dataset {body.dataset!r} holds {stored} features, not {backbone}: pass "
-            f'"backbone": "{stored}" (a probe is fitted on the features it will be applied to)'
-        )
-    return {**body.model_dump(), "backbone": backbone, "layer": layer}
 
 
 # --------------------------------------------------------------------------- read / delete

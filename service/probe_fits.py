@@ -1,8 +1,11 @@
-"""Few-shot probes: labelled uploads → features from a served backbone → a fitted, saved probe.
+"""Fitting probes, the two ways the API offers.
 
-Labels come as one JSON array aligned with the files (`["cat","dog",...]`) or as one `labels`
-form field per file, in the same order. Files that cannot be used are skipped and listed; the fit
-needs usable images of at least two classes.
+- On a stored dataset: checked here (backbone, layer, store) before a `probe_fit` job is queued
+  (`service.tasks.probe_fit` does the fit), so a request that cannot work fails at once.
+- Few-shot: labelled uploads → features from a served backbone → a fitted, saved probe, at once.
+  Labels come as one JSON array aligned with the files (`["cat","dog",...]`) or as one `labels`
+  form field per file, in the same order. Files that cannot be used are skipped and listed; the
+  fit needs usable images of at least two classes.
 """
 
 from __future__ import annotations
@@ -15,15 +18,34 @@ from typing import Any
 import numpy as np
 from starlette.datastructures import UploadFile
 
-from classifiers.errors import ProbeError
+from classifiers.errors import ProbeError, ProbeMismatchError
+from service.dataset_store import check_layer_stored, finished_manifest
 from service.errors import InvalidOptionError
 from service.models import ModelPool
 from service.probe_store import ProbeStore, fit_metrics, make_probe, probe_to_dict
-from service.schemas import FewShotForm
+from service.schemas import FewShotForm, ProbeFromDataset
 from service.settings import Settings
 from service.uploads import NoImagesError, Receive, UploadPipeline
 
 FORM_FIELDS = ("name", "backbone", "layer", "classifier", "C", "crop")
+
+
+def dataset_fit_params(
+    body: ProbeFromDataset, settings: Settings, models: ModelPool
+) -> dict[str, Any]:
+    """The parameters of a `probe_fit` job, once backbone, layer and store are checked."""
+    backbone = models.get(body.backbone).name
+    layer = body.layer or models.get(backbone).default_layers[0]
+    models.check_taps(backbone, [layer])
+    manifest = finished_manifest(settings, body.dataset)
+    check_layer_stored(manifest, body.dataset, layer)
+    stored = manifest.get("backbone")
+    if stored != backbone:
+        raise ProbeMismatchError(
+            f"dataset {body.dataset!r} holds {stored} features, not {backbone}: pass "
+            f'"backbone": "{stored}" (a probe is fitted on the features it will be applied to)'
+        )
+    return {**body.model_dump(), "backbone": backbone, "layer": layer}
 
 
 def parse_labels(values: Sequence[Any], count: int) -> list[str]:
