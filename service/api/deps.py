@@ -1,5 +1,7 @@
 """FastAPI dependencies, and nothing else: settings, models, database, jobs, uploads, probes, key.
 
+`require_api_key` runs through `service.api.routing.KeyCheckedRoute`, before the body is read.
+
 Everything lives on `app.state` (set by the lifespan in `service.app`); routes receive it through
 the `Annotated[..., Depends()]` aliases below, so tests can build an app with any settings and
 nothing is a module-level global. Before the lifespan has run (or after it ended) a dependency
@@ -93,6 +95,3 @@ def require_api_key(request: Request) -> None:
         raise ApiKeyError(
             "missing or invalid API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
         )
-
-
-ApiKeyDep = Depends(require_api_key)

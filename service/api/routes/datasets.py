@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-
-from service.api.deps import ApiKeyDep, DbDep, JobsDep, SettingsDep
-from service.api.errors import V1_PROBLEMS, problem_responses
+from service.api.deps import DbDep, JobsDep, SettingsDep
+from service.api.errors import problem_responses
+from service.api.routing import v1_router
 from service.dataset_store import dataset_info, list_datasets
 from service.schemas import DatasetList
 
-router = APIRouter(prefix="/v1", tags=["datasets"], dependencies=[ApiKeyDep], responses=V1_PROBLEMS)
+router = v1_router("datasets")
 
 
 @router.get("/datasets", response_model=DatasetList, summary="List feature stores")

@@ -8,10 +8,11 @@ job (`service.tasks.extraction`), polled with `GET /v1/jobs/{id}` and cancelled 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import Response, status
 
-from service.api.deps import ApiKeyDep, JobsDep, ModelsDep, SettingsDep
-from service.api.errors import V1_PROBLEMS, problem_responses
+from service.api.deps import JobsDep, ModelsDep, SettingsDep
+from service.api.errors import problem_responses
+from service.api.routing import v1_router
 from service.dataset_store import check_no_conflict, dataset_path
 from service.errors import FeatureUnavailableError
 from service.paths import resolve_data_root
@@ -19,7 +20,7 @@ from service.registry import default_taps
 from service.schemas import ExtractionRequest, JobOut
 from service.tasks import extraction
 
-router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[ApiKeyDep], responses=V1_PROBLEMS)
+router = v1_router("jobs")
 
 
 @router.post(

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
-from service.api.deps import ApiKeyDep, ModelsDep, SettingsDep, UploadsDep
-from service.api.errors import V1_PROBLEMS, problem_responses
+from service.api.deps import ModelsDep, SettingsDep, UploadsDep
+from service.api.errors import problem_responses
+from service.api.routing import v1_router
 from service.feature_encoding import features_response
 from service.feature_options import (
     NPY_MEDIA_TYPE,
@@ -32,7 +33,7 @@ from service.feature_options import (
 from service.schemas import FeaturesResponse
 from service.uploads import ImagesFailedError
 
-router = APIRouter(prefix="/v1", tags=["features"], dependencies=[ApiKeyDep], responses=V1_PROBLEMS)
+router = v1_router("features")
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 

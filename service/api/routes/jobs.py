@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import Query, Response, status
 
-from service.api.deps import ApiKeyDep, JobsDep
-from service.api.errors import V1_PROBLEMS, problem_responses
+from service.api.deps import JobsDep
+from service.api.errors import problem_responses
+from service.api.routing import v1_router
 from service.schemas import JobList, JobOut
 from service.state import JobStatus
 
-router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[ApiKeyDep], responses=V1_PROBLEMS)
+router = v1_router("jobs")
 
 
 @router.get("/jobs", response_model=JobList, summary="List jobs, newest first")

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-
 from featurizer.options import CROP_MODES
-from service.api.deps import ApiKeyDep, ModelsDep, SettingsDep
-from service.api.errors import V1_PROBLEMS
+from service.api.deps import ModelsDep, SettingsDep
+from service.api.routing import v1_router
 from service.feature_options import OUTPUT_DTYPES
 from service.models import LoadedModel
 from service.schemas import ModelInfo
 
-router = APIRouter(prefix="/v1", tags=["model"], dependencies=[ApiKeyDep], responses=V1_PROBLEMS)
+router = v1_router("model")
 
 
 def _backbone_info(model: LoadedModel) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar, get_args
 
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile, status
+from fastapi import File, Query, Request, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -20,14 +20,14 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from featurizer.options import CROP_MODES
 from service.api.deps import (
-    ApiKeyDep,
     JobsDep,
     ModelsDep,
     ProbesDep,
     SettingsDep,
     UploadsDep,
 )
-from service.api.errors import V1_PROBLEMS, problem_responses
+from service.api.errors import problem_responses
+from service.api.routing import v1_router
 from service.classifier_options import ClassifierKind
 from service.errors import MalformedBodyError, UnsupportedMediaTypeError
 from service.predict import predict_uploads
@@ -44,7 +44,7 @@ from service.schemas import (
 )
 from service.tasks import probe_fit
 
-router = APIRouter(prefix="/v1", tags=["probes"], dependencies=[ApiKeyDep], responses=V1_PROBLEMS)
+router = v1_router("probes")
 
 Body = TypeVar("Body", bound=BaseModel)
 
