@@ -12,8 +12,7 @@ from the loaded featurizers themselves, never from a hard-coded list of layer na
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +24,6 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from featurizer.extractor import Featurizer
     from service.metrics import ServiceMetrics
-
-log = logging.getLogger(__name__)
-
-JobFeaturizerFactory = Callable[[str, Sequence[str], str, str], "Featurizer"]
-"""(backbone, layers, precision, crop) -> a Featurizer of its own for one extraction job."""
 
 
 @dataclass
