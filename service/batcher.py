@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -43,13 +43,21 @@ log = logging.getLogger(__name__)
 class QueueFullError(DecafError):
     """The batch queue is full; the client should retry after `retry_after` seconds."""
 
+    http_status: ClassVar[int] = 503
+    title: ClassVar[str] = "Batch queue full"
+
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
+    def http_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
 
 class BatcherStoppedError(DecafError):
     """The batcher is not running (server starting up or shutting down)."""
+
+    http_status: ClassVar[int] = 503
 
 
 class SupportsForward(Protocol):
@@ -97,10 +105,12 @@ class MicroBatcher:
         max_decode_wait_ms: float = 0.0,
         on_batch: BatchHook | None = None,
         activity: Callable[[], int] | None = None,
+        thread_name: str = "decaf-batcher",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or max_decode_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, waits >= 0")
         self.featurizer = featurizer
+        self.thread_name = thread_name
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_decode_wait_s = max(max_decode_wait_ms / 1000.0, self.max_wait_s)
@@ -133,7 +143,9 @@ class MicroBatcher:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
-                self._thread = threading.Thread(target=self._run, name="decaf-batcher", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name=self.thread_name, daemon=True
+                )
                 self._thread.start()
         return self
 
@@ -174,18 +186,15 @@ class MicroBatcher:
         """Seconds a rejected client should wait: time to drain the current queue, at least 1."""
         return max(1, math.ceil(self.queue_depth * self._seconds_per_image))
 
-    async def submit(self, tensor: torch.Tensor, layers: frozenset[str]) -> dict[str, np.ndarray]:
-        """Queue one preprocessed image and wait for its features ({layer: (dim,) float32}).
-
-        Raises QueueFullError when the queue is full and BatcherStoppedError when not running.
-        Cancelling the awaiting task cancels the item: it is skipped before the forward pass.
-        """
-        return await self.enqueue(tensor, layers)
-
     def enqueue(
         self, tensor: torch.Tensor, layers: frozenset[str]
     ) -> asyncio.Future[dict[str, np.ndarray]]:
-        """The non-awaiting half of `submit` (call on the event loop): queue, return the future."""
+        """Queue one preprocessed image; the future resolves to its features.
+
+        Call on the event loop; await the future for `{layer: (dim,) float32}`. Raises
+        QueueFullError when the queue is full and BatcherStoppedError when not running.
+        Cancelling the future cancels the item: it is skipped before the forward pass.
+        """
         if self._stopping:
             raise BatcherStoppedError("the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -211,10 +220,6 @@ class MicroBatcher:
         finally:
             with self._lock:
                 self._incoming -= 1
-
-    @property
-    def incoming(self) -> int:
-        return self._incoming
 
     # ---------------------------------------------------------------- worker side
     def _run(self) -> None:
@@ -310,19 +315,3 @@ class MicroBatcher:
                 self.on_batch(size, seconds)
             except Exception:  # metrics must never break serving
                 log.exception("on_batch hook failed")
-
-    def stats(self) -> dict[str, Any]:
-        """Counters as a JSON-safe dict."""
-        return {
-            "forward_passes": self.forward_passes,
-            "images_processed": self.images_processed,
-            "dropped_cancelled": self.dropped_cancelled,
-            "rejected_full": self.rejected_full,
-            "queue_depth": self.queue_depth,
-            "in_flight": self.in_flight,
-            "max_batch_size": self.max_batch_size,
-            "max_wait_ms": self.max_wait_s * 1000.0,
-            "max_decode_wait_ms": self.max_decode_wait_s * 1000.0,
-            "incoming": self._incoming,
-            "max_queue": self.max_queue,
-        }

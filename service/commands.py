@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 
+# Light on purpose: `decaf serve --help` must not import the web stack or the model.
+from featurizer.options import CROP_MODES, PRECISIONS
+
 # flag destination -> DECAF_* variable it overrides
 _OVERRIDES = {
     "weights": "DECAF_WEIGHTS",
     "backbone": "DECAF_BACKBONE",
+    "backbones": "DECAF_BACKBONES",
     "precision": "DECAF_PRECISION",
     "device": "DECAF_DEVICE",
     "layers": "DECAF_LAYERS",
@@ -49,10 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights", help="imagenet (default), a .pth file, or random (offline trials only)"
     )
     parser.add_argument("--backbone", help="backbone name (default alexnet)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "int8"])
+    parser.add_argument(
+        "--backbones",
+        help="comma list of backbones to serve, each loaded once; the first is the default",
+    )
+    parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--layers", help="comma list of layers to offer (default: all)")
-    parser.add_argument("--crop", choices=["center", "tencrop"], help="default crop mode")
+    parser.add_argument(
+        "--layers", help="comma list of layers the default backbone offers (default: all)"
+    )
+    parser.add_argument("--crop", choices=CROP_MODES, help="default crop mode")
     parser.add_argument("--data-dir", help="where stores, probes and the database live")
     parser.add_argument(
         "--data-roots", help=f"folders extraction jobs may read ({os.pathsep!r}- or ','-separated)"
@@ -85,7 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from featurizer.errors import DecafError
-    from service.ops import setup_logging
+    from service.logs import setup_logging
     from service.settings import Settings, get_settings
 
     apply_overrides(args, os.environ)

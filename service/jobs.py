@@ -1,17 +1,16 @@
-"""Background jobs: batch extraction into a feature store, and probe fits on a stored dataset.
+"""Background jobs: rows in the database executed by a small thread pool, whatever their kind.
 
-Jobs are rows in the database (service/state.py) executed by a small thread pool
-(`settings.job_workers`). The row is the truth: a client polls it, and after a crash the next
-server start finds every job that was `queued` or `running` and queues it again. Re-running is
-safe because extraction is resumable by design (the store's finished parts are skipped) and a
-probe fit simply starts over. A job that keeps dying with the server (e.g. killed for memory) is
-marked `interrupted` after `max_attempts` starts instead of crash-looping; it is never dropped.
+A job is a row (service/state.py) run by a bounded thread pool (`settings.job_workers`). The row
+is the truth: a client polls it, and after a crash the next server start finds every job that was
+`queued` or `running` and queues it again, so handlers must be safe to re-run (extraction resumes
+from the store's finished parts; a probe fit starts over). A job that keeps dying with the server
+(e.g. killed for memory) is marked `interrupted` after `max_attempts` starts instead of
+crash-looping; it is never dropped.
 
-Each extraction job builds its own Featurizer through `featurizer_factory(layers, precision,
-crop)`: the server's featurizer belongs to the micro-batcher and is not safe for concurrent
-forward calls, while the factory can share the weights already loaded in memory. Jobs with
-`engine: "ray"` build no model here: featurizer.distributed builds it inside the Ray actors, on
-the cluster of `settings.ray_address` (a server setting, never a request field) or a local Ray.
+The manager knows no kinds: the app registers one handler per kind
+(`JobManager(handlers={"extraction": ..., "probe_fit": ...})`, see `service.tasks`), and a job of
+any other kind is refused. A handler receives a `JobContext`: its parameters, progress reporting
+and a stop flag it checks between units of work.
 
 Only one process per data directory recovers jobs (an advisory lock in `data_dir`), so running
 the server with several workers never executes a recovered job twice.
@@ -19,95 +18,65 @@ the server with several workers never executes a recovered job twice.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import select
 
 from featurizer.errors import DecafError
-from service.state import Database, DatasetRow, JobRow, iso, utcnow
-
-if TYPE_CHECKING:
-    from featurizer.batch import ExtractionResult
+from service.job_context import CANCEL_POLL_INTERVAL_S, JobContext, JobHandler
+from service.process_lock import ProcessLock
+from service.settings import Settings
+from service.state import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    Database,
+    DatasetRow,
+    JobRow,
+    iso,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("extraction", "probe_fit")
-ACTIVE_STATUSES = ("queued", "running")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "interrupted")
 PROGRESS_WRITE_INTERVAL_S = 0.5
-CANCEL_POLL_INTERVAL_S = 1.0
 RECOVERY_RETRY_S = 2.0  # how often a non-owner checks whether the recovery owner is gone
-
-FeaturizerFactory = Callable[[Any, str, str], Any]
 
 
 class JobError(DecafError):
-    """Base of job errors; `status_code` is the HTTP status the API answers with."""
+    """Base of the job errors: a request the job manager cannot carry out."""
 
-    status_code = 400
+    http_status: ClassVar[int] = 400
+
+
+class UnknownJobKindError(JobError, ValueError):
+    """No handler is registered for this job kind."""
+
+    http_status: ClassVar[int] = 422
 
 
 class JobNotFoundError(JobError, LookupError):
-    status_code = 404
+    """No job has this id."""
+
+    http_status: ClassVar[int] = 404
 
 
 class JobManagerStoppedError(JobError):
     """The server is starting up or shutting down: no new jobs now."""
 
-    status_code = 503
+    http_status: ClassVar[int] = 503
 
 
 class JobConflictError(JobError):
     """The request conflicts with the job's state (e.g. cancelling a finished job)."""
 
-    status_code = 409
-
-
-@dataclasses.dataclass
-class JobContext:
-    """What a running job handler may use: its parameters, progress reporting and a stop flag."""
-
-    job_id: str
-    kind: str
-    params: dict[str, Any]
-    attempt: int
-    settings: Any
-    db: Database
-    featurizer_factory: FeaturizerFactory
-    stop_event: threading.Event
-    _report: Callable[[dict[str, Any], bool], None]
-    cancel_poll_interval_s: float = CANCEL_POLL_INTERVAL_S
-    _next_db_check: float = 0.0
-
-    def should_stop(self) -> bool:
-        """True once a cancel was asked, here or by another server process sharing the DB."""
-        if self.stop_event.is_set():
-            return True
-        now = time.monotonic()
-        if now >= self._next_db_check:
-            # DELETE may have reached another worker process: its flag is in the database.
-            # Read at most once per interval, so such a cancel is seen up to that much later.
-            self._next_db_check = now + self.cancel_poll_interval_s
-            with self.db.session() as session:
-                row = session.get(JobRow, self.job_id)
-                if row is not None and row.cancel_requested:
-                    self.stop_event.set()
-        return self.stop_event.is_set()
-
-    def report(self, progress: dict[str, Any], *, force: bool = False) -> None:
-        """Record progress (done, total, images_per_s, errors, eta_s); writes are throttled."""
-        self._report(progress, force)
-
-
-JobHandler = Callable[[JobContext], dict[str, Any]]
+    http_status: ClassVar[int] = 409
 
 
 def job_to_dict(row: JobRow) -> dict[str, Any]:
@@ -130,75 +99,40 @@ def job_to_dict(row: JobRow) -> dict[str, Any]:
     }
 
 
-class _ProcessLock:
-    """Advisory, non-blocking lock on a file; released by the OS when the owning process dies.
-
-    POSIX record locks (``lockf``), not ``flock``: a flock is shared with forked children, so
-    a killed server's DataLoader workers would keep it for seconds after the kill and the
-    restarted server would skip recovery. Record locks belong to one process only; within a
-    process the set below makes a second holder fail too.
-    """
-
-    _held_here: ClassVar[set[Path]] = set()
-    _guard: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.resolve()
-        self._handle: Any = None
-
-    def acquire(self) -> bool:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: single process assumed
-            return True
-        with self._guard:
-            if self.path in self._held_here:
-                return False
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")  # noqa: SIM115 - held open for the process lifetime
-            try:
-                fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                return False
-            self._handle = handle
-            self._held_here.add(self.path)
-            return True
-
-    def release(self) -> None:
-        with self._guard:
-            if self._handle is not None:
-                self._handle.close()  # closing the file drops the record lock
-                self._handle = None
-                self._held_here.discard(self.path)
-
-
 class JobManager:
     """Runs jobs in a bounded thread pool and keeps their state in the database."""
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         db: Database,
-        featurizer_factory: FeaturizerFactory,
+        handlers: Mapping[str, JobHandler],
         *,
         max_attempts: int = 3,
         cancel_poll_interval_s: float = CANCEL_POLL_INTERVAL_S,
     ) -> None:
+        if not handlers:
+            raise ValueError("a JobManager needs at least one handler (kind -> function)")
         self.settings = settings
         self.db = db
-        self.featurizer_factory = featurizer_factory
+        self.handlers: dict[str, JobHandler] = dict(handlers)
         self.max_attempts = max_attempts
         self.cancel_poll_interval_s = cancel_poll_interval_s
         self._lock = threading.RLock()
+        self._finished = threading.Condition(self._lock)
         self._stops: dict[str, threading.Event] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._shutting_down = False
-        self._recovery_lock = _ProcessLock(Path(settings.data_dir) / ".jobs.lock")
-        self.handlers: dict[str, JobHandler] = {
-            "extraction": run_extraction_job,
-            "probe_fit": _run_probe_fit_job,
-        }
+        self._recovery_lock = ProcessLock(Path(settings.data_dir) / ".jobs.lock")
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.handlers)
+
+    def check_kind(self, kind: str) -> str:
+        if kind not in self.handlers:
+            raise UnknownJobKindError(f"unknown job kind {kind!r}; this server runs {self.kinds}")
+        return kind
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -280,8 +214,7 @@ class JobManager:
 
     def submit(self, kind: str, params: dict[str, Any], *, dataset: str | None = None) -> dict:
         """Create a queued job and schedule it; `dataset` registers the store it writes."""
-        if kind not in self.handlers:
-            raise JobError(f"unknown job kind {kind!r}; expected one of {sorted(self.handlers)}")
+        self.check_kind(kind)
         if self._executor is None:
             raise JobManagerStoppedError(
                 "the job manager is not running (server starting or stopping); retry shortly"
@@ -308,7 +241,7 @@ class JobManager:
         with self.db.session() as session:
             row = session.get(JobRow, job_id)
             if row is None:
-                raise JobNotFoundError(f"job {job_id!r} not found")
+                raise JobNotFoundError(f"job {job_id!r} not found (GET /v1/jobs lists them)")
             return job_to_dict(row)
 
     def list(
@@ -318,19 +251,18 @@ class JobManager:
         if status is not None:
             query = query.where(JobRow.status == status)
         if kind is not None:
-            query = query.where(JobRow.kind == kind)
+            query = query.where(JobRow.kind == self.check_kind(kind))
         with self.db.session() as session:
             return [job_to_dict(row) for row in session.scalars(query)]
 
-    def active_jobs_for_dataset(self, name: str) -> list[str]:
-        """Ids of queued/running extraction jobs that write dataset `name`."""
+    def active_job_for_dataset(self, name: str) -> str | None:
+        """The queued/running job registered as the writer of dataset `name`, if any."""
         with self.db.session() as session:
-            rows = session.scalars(
-                select(JobRow).where(
-                    JobRow.kind == "extraction", JobRow.status.in_(ACTIVE_STATUSES)
-                )
-            )
-            return [row.id for row in rows if (row.params or {}).get("name") == name]
+            dataset = session.get(DatasetRow, name)
+            if dataset is None or dataset.job_id is None:
+                return None
+            job = session.get(JobRow, dataset.job_id)
+            return job.id if job is not None and job.status in ACTIVE_STATUSES else None
 
     def cancel(self, job_id: str) -> dict:
         """Cancel a queued job at once, or ask a running one to stop after its current batch."""
@@ -346,22 +278,29 @@ class JobManager:
             row.updated_at = utcnow()
             if row.status == "queued":
                 row.status, row.finished_at = "cancelled", utcnow()
+                self._finished.notify_all()
             event = self._stops.get(job_id)
             if event is not None:
                 event.set()
             session.flush()
             return job_to_dict(row)
 
-    def wait(self, job_id: str, timeout_s: float = 60.0, poll_s: float = 0.05) -> dict:
-        """Block until the job reaches a final status (for tests and scripts)."""
+    def wait(self, job_id: str, timeout_s: float = 60.0, poll_s: float = 0.5) -> dict:
+        """Block until the job reaches a final status (for tests and scripts).
+
+        Woken by jobs finishing in this process; `poll_s` bounds how late a job finished by
+        another process sharing the database is seen.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.get(job_id)
             if job["status"] in FINAL_STATUSES:
                 return job
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
-            time.sleep(poll_s)
+            with self._finished:
+                self._finished.wait(min(poll_s, remaining))
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -390,7 +329,6 @@ class JobManager:
                 attempt=row.attempts,
                 settings=self.settings,
                 db=self.db,
-                featurizer_factory=self.featurizer_factory,
                 stop_event=stop,
                 _report=self._progress_writer(job_id),
                 cancel_poll_interval_s=self.cancel_poll_interval_s,
@@ -422,7 +360,7 @@ class JobManager:
             return
         log.info("job %s (%s) started, attempt %d", job_id, ctx.kind, ctx.attempt)
         try:
-            result = self.handlers[ctx.kind](ctx)
+            result = self._handler(ctx.kind)(ctx)
         except Exception as exc:
             self._finish_with_error(ctx, exc)
         else:
@@ -430,6 +368,14 @@ class JobManager:
         finally:
             with self._lock:
                 self._stops.pop(job_id, None)
+
+    def _handler(self, kind: str) -> JobHandler:
+        handler = self.handlers.get(kind)
+        if handler is None:  # e.g. a job recovered from a database another version wrote
+            raise UnknownJobKindError(
+                f"no handler for job kind {kind!r}; this server runs {self.kinds}"
+            )
+        return handler
 
     def _finish_with_error(self, ctx: JobContext, exc: Exception) -> None:
         if ctx.should_stop():
@@ -475,104 +421,5 @@ class JobManager:
                 row.error = error
             if note is not None:
                 row.note = note
+            self._finished.notify_all()
         log.info("job %s %s", ctx.job_id, status)
-
-
-# -- job handlers --------------------------------------------------------------------------
-
-
-def _progress_dict(progress: Any) -> dict[str, Any]:
-    data = dataclasses.asdict(progress) if dataclasses.is_dataclass(progress) else dict(progress)
-    return {
-        "done": int(data.get("done", 0)),
-        "total": int(data.get("total", 0)),
-        "errors": int(data.get("errors", 0)),
-        "images_per_s": round(float(data.get("images_per_s") or 0.0), 2),
-        "eta_s": None if data.get("eta_s") is None else round(float(data["eta_s"]), 1),
-    }
-
-
-def run_extraction_job(ctx: JobContext) -> dict[str, Any]:
-    """Extract `params.root` into `params.out`; resumes from the parts already written."""
-    params = ctx.params
-    last: dict[str, Any] = {}
-
-    def on_progress(progress: Any) -> None:
-        last.update(_progress_dict(progress))
-        ctx.report(last)
-
-    options: dict[str, Any] = {
-        "layers": tuple(params["layers"]),
-        "precision": params["precision"],
-        "crop": params["crop"],
-        "batch_size": int(params["batch_size"]),
-        # Overwrite only on the first attempt: a resumed job must keep what it already wrote.
-        "overwrite": bool(params.get("overwrite")) and ctx.attempt == 1,
-        "progress": on_progress,
-        "should_stop": ctx.should_stop,
-    }
-    if params.get("part_size"):
-        options["part_size"] = int(params["part_size"])
-    if params.get("engine") == "ray":
-        result = _extract_with_ray(ctx, options)
-    else:
-        result = _extract_locally(ctx, options)
-    total = result.num_images + result.num_errors
-    final = {
-        "done": total,
-        "total": total,
-        "errors": result.num_errors,
-        "images_per_s": round(total / result.seconds, 2) if result.seconds > 0 else 0.0,
-        "eta_s": 0.0,
-    }
-    ctx.report(final, force=True)
-    return {
-        "dataset": params["name"],
-        "store": str(result.store),
-        "num_images": result.num_images,
-        "num_errors": result.num_errors,
-        "seconds": round(result.seconds, 3),
-        "resumed_parts": result.resumed_parts,
-        "progress": final,
-    }
-
-
-def _extract_locally(ctx: JobContext, options: dict[str, Any]) -> ExtractionResult:
-    from featurizer.batch import extract_dataset
-
-    params = ctx.params
-    featurizer = ctx.featurizer_factory(params["layers"], params["precision"], params["crop"])
-    return extract_dataset(
-        params["root"],
-        params["out"],
-        featurizer=featurizer,
-        workers=max(1, int(getattr(ctx.settings, "decode_threads", 2))),
-        **options,
-    )
-
-
-def _extract_with_ray(ctx: JobContext, options: dict[str, Any]) -> ExtractionResult:
-    """Ray Data engine: the model is built inside the Ray actors from the server's settings,
-    on the cluster of `settings.ray_address` (never a request field) or a local Ray.
-    """
-    from featurizer.distributed import extract_dataset_ray
-
-    params, settings = ctx.params, ctx.settings
-    return extract_dataset_ray(
-        params["root"],
-        params["out"],
-        weights=settings.weights,
-        backbone=getattr(settings, "backbone", "alexnet"),
-        device=getattr(settings, "device", "auto"),
-        address=getattr(settings, "ray_address", None),
-        num_gpus_per_worker=params.get("num_gpus_per_worker"),
-        concurrency=params.get("concurrency"),
-        **options,
-    )
-
-
-def _run_probe_fit_job(ctx: JobContext) -> dict[str, Any]:
-    # Imported lazily: service.probes imports this module for the route's dependencies.
-    from service.probes import run_probe_fit_job
-
-    return run_probe_fit_job(ctx)

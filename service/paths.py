@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from featurizer.errors import DecafError
 
@@ -20,27 +21,27 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 
 class ServicePathError(DecafError, ValueError):
-    """Base of the path errors below; `status_code` is the HTTP status the API answers with."""
+    """Base of the path errors below: a path or name the server cannot use."""
 
-    status_code = 400
+    http_status: ClassVar[int] = 400
 
 
 class PathNotAllowedError(ServicePathError, PermissionError):
     """The path resolves outside every allowed data root (or no root is configured)."""
 
-    status_code = 403
+    http_status: ClassVar[int] = 403
 
 
 class DataRootNotFoundError(ServicePathError, FileNotFoundError):
     """The path is allowed but does not exist or is not a directory."""
 
-    status_code = 404
+    http_status: ClassVar[int] = 404
 
 
 class InvalidNameError(ServicePathError):
     """A dataset/probe name that cannot safely be used as a directory name."""
 
-    status_code = 400
+    http_status: ClassVar[int] = 400
 
 
 def allowed_roots(data_roots: Sequence[Path | str]) -> list[Path]:

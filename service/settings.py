@@ -1,8 +1,12 @@
 """Service configuration: every field can be set with a `DECAF_<NAME>` environment variable.
 
-List fields (`DECAF_LAYERS`, `DECAF_DATA_ROOTS`) accept JSON (`'["/data/a", "/data/b"]'`) as
-well as plain separated strings (`/data/a:/data/b` or `/data/a,/data/b`), because the latter is
-what people type in a shell or a compose file.
+List fields (`DECAF_BACKBONES`, `DECAF_LAYERS`, `DECAF_DATA_ROOTS`) accept JSON
+(`'["/data/a", "/data/b"]'`) as well as plain separated strings (`/data/a:/data/b` or
+`/data/a,/data/b`), because the latter is what people type in a shell or a compose file.
+
+Backbones: `DECAF_BACKBONES=alexnet,resnet50` serves several, each loaded once; the first listed
+is the default (what a request gets when it names none). `DECAF_BACKBONE=alexnet` still works
+for a single one.
 """
 
 from __future__ import annotations
@@ -10,19 +14,14 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-try:  # the featurizer is written in parallel; fall back to the contract's values until it lands
-    from featurizer.backbone import LAYER_NAMES
-except ImportError:  # pragma: no cover - only while featurizer/backbone.py does not exist yet
-    LAYER_NAMES = ("decaf5", "decaf6_pre", "decaf6", "decaf7_pre", "decaf7", "logits")
-try:
-    from featurizer.images import DEFAULT_MAX_PIXELS
-except ImportError:  # pragma: no cover
-    DEFAULT_MAX_PIXELS = 80_000_000
+from featurizer.images import DEFAULT_MAX_PIXELS
+from featurizer.options import CropMode, Precision
+from service.registry import known_backbones
 
 MiB = 1024 * 1024
 
@@ -38,8 +37,7 @@ def _split_list(value: Any) -> Any:
         import json
 
         return json.loads(text)
-    separators = [",", os.pathsep]
-    for sep in separators:
+    for sep in (",", os.pathsep):
         if sep in text:
             return [part.strip() for part in text.split(sep) if part.strip()]
     return [text]
@@ -52,13 +50,20 @@ class Settings(BaseSettings):
 
     # Model
     weights: str = Field("imagenet", description="'imagenet', a .pth path, or 'random' (tests)")
-    backbone: str = "alexnet"
-    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    layers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(LAYER_NAMES), description="layers the server offers"
+    backbone: str = Field("alexnet", description="the backbone to serve (see `backbones`)")
+    backbones: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="several backbones to serve, each loaded once; the first is the default. "
+        "Empty: just `backbone`",
     )
-    crop: Literal["center", "tencrop"] = Field("center", description="default crop mode")
+    precision: Precision = "fp32"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    layers: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="layers the default backbone offers; unset: all its layers (other "
+        "backbones always offer all of theirs)",
+    )
+    crop: CropMode = Field("center", description="default crop mode")
 
     # Storage
     data_dir: Path = Path("decaf-data")
@@ -72,7 +77,7 @@ class Settings(BaseSettings):
     max_decode_wait_ms: float = Field(
         100.0, ge=0, description="how long a batch may wait for images still being decoded"
     )
-    max_queue: int = Field(256, ge=1)
+    max_queue: int = Field(256, ge=1, description="images waiting per backbone before 503")
     max_upload_bytes: int = Field(20 * MiB, ge=1, description="per uploaded file")
     max_files_per_request: int = Field(64, ge=1)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
@@ -92,10 +97,16 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
-    @field_validator("layers", "data_roots", mode="before")
+    @field_validator("backbones", "data_roots", mode="before")
     @classmethod
     def _accept_separated_strings(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_list_or_all(cls, value: Any) -> Any:
+        # `DECAF_LAYERS=` (empty) means "all layers", like leaving it unset.
+        return _split_list(value) or None
 
     @field_validator("api_key", "ray_address", mode="before")
     @classmethod
@@ -103,17 +114,38 @@ class Settings(BaseSettings):
         # `DECAF_API_KEY=` (empty) in a compose file means "not set", not "the empty string".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @model_validator(mode="after")
+    def _backbones_are_known_and_agree(self) -> Settings:
+        served = self.served_backbones
+        known = known_backbones()
+        unknown = [name for name in served if name not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown backbone(s) {unknown} in DECAF_BACKBONE(S); known: {list(known)}"
+            )
+        both_given = {"backbone", "backbones"} <= self.model_fields_set and self.backbones
+        if both_given and self.backbone != served[0]:
+            raise ValueError(
+                f"DECAF_BACKBONE={self.backbone} disagrees with DECAF_BACKBONES="
+                f"{','.join(self.backbones)}, whose first entry is the default: set one of them"
+            )
+        return self
+
+    @property
+    def served_backbones(self) -> tuple[str, ...]:
+        """The backbones to load, default first, each once."""
+        return tuple(dict.fromkeys(self.backbones or [self.backbone]))
+
+    @property
+    def default_backbone(self) -> str:
+        return self.served_backbones[0]
+
     @property
     def resolved_database_url(self) -> str:
         """`database_url`, or a SQLite file inside `data_dir` when unset."""
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir}/decaf.db"
-
-    @property
-    def resolved_data_roots(self) -> list[Path]:
-        """Allowed extraction roots, absolute and with symlinks resolved."""
-        return [Path(root).expanduser().resolve() for root in self.data_roots]
 
 
 @lru_cache(maxsize=1)

@@ -14,13 +14,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 log = logging.getLogger(__name__)
+
+# `interrupted`: stopped by repeated server crashes; submitting the job again resumes it.
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+ACTIVE_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
+FINAL_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled", "interrupted")
 
 
 def utcnow() -> datetime:
@@ -41,14 +47,13 @@ class Base(DeclarativeBase):
 
 
 class JobRow(Base):
-    """One background job (kind "extraction" or "probe_fit")."""
+    """One background job; `kind` names its handler (see `service.tasks`)."""
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    # queued | running | succeeded | failed | cancelled | interrupted
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # a JobStatus
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

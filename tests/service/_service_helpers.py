@@ -35,6 +35,31 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (64, 64), mode: str = "RGB"
     return buffer.getvalue()
 
 
+# --------------------------------------------------------------------------- errors
+def problem(response: Any, status: int | None = None, type_: str | None = None) -> dict[str, Any]:
+    """The RFC 9457 body of an error response, its shape checked strictly; returns the body.
+
+    Every error answer is `application/problem+json` with `type`, `title`, `status` (equal to
+    the HTTP status) and `detail`; `type` is `/problems/<name>` or `about:blank`.
+    """
+    assert response.headers["content-type"].startswith("application/problem+json"), (
+        response.status_code,
+        response.headers.get("content-type"),
+        response.text,
+    )
+    body = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body), body
+    assert body["status"] == response.status_code, body
+    assert isinstance(body["title"], str) and body["title"], body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    assert body["type"] == "about:blank" or body["type"].startswith("/problems/"), body
+    if status is not None:
+        assert response.status_code == status, (status, body)
+    if type_ is not None:
+        assert body["type"] == type_, (type_, body)
+    return body
+
+
 # --------------------------------------------------------------------------- real server
 @dataclass
 class LiveServer:
@@ -43,7 +68,8 @@ class LiveServer:
 
     @property
     def batcher(self) -> Any:
-        return self.app.state.batcher
+        """The default backbone's micro-batcher."""
+        return self.app.state.models.default.batcher
 
 
 def _free_socket() -> socket.socket:

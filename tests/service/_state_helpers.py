@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tests.service._service_helpers import problem
+
 API_KEY = "test-key-123"
 # One colour per class, far apart, so even random-weight features separate the classes.
 CLASS_COLOURS = {
@@ -86,8 +88,5 @@ def wait_for_job(client: Any, job_id: str, timeout_s: float = 60.0, **kwargs: An
 
 
 def error_message(response: Any) -> str:
-    """The message of the service's error envelope ({"error": {"message": ...}})."""
-    body = response.json()
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("message", ""))
-    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+    """The `detail` of the service's problem body (its shape checked: see `problem`)."""
+    return problem(response)["detail"]

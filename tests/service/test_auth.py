@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service._service_helpers import jpeg_bytes
+from tests.service._service_helpers import jpeg_bytes, problem
 
 KEY = "s3cret-key"
 
@@ -37,7 +37,8 @@ def test_every_v1_route_requires_the_key(keyed_client):
         response = keyed_client.request(method, path)
         assert response.status_code == 401, (method, path, response.text)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert "API key" in response.json()["error"]["message"]
+        body = problem(response, 401, "/problems/api-key")
+        assert "API key" in body["detail"] and body["title"] == "Missing or invalid API key"
 
 
 @pytest.mark.parametrize(
@@ -79,3 +80,24 @@ def test_key_over_real_http(serve):
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"X-API-Key": KEY}).status_code == 200
     assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+
+
+def test_key_is_checked_before_the_body_is_read(keyed_client):
+    # A body the form parser would reject (400): a 401 proves it was never parsed. Same for a
+    # JSON body that is not JSON.
+    broken_multipart = keyed_client.post(
+        "/v1/features",
+        content=b"--nope\r\nnot a multipart body at all",
+        headers={"Content-Type": "multipart/form-data; boundary=decafboundary"},
+    )
+    problem(broken_multipart, 401, "/problems/api-key")
+    broken_json = keyed_client.post(
+        "/v1/extractions", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    problem(broken_json, 401, "/problems/api-key")
+    with_key = keyed_client.post(
+        "/v1/extractions",
+        content=b"{not json",
+        headers={"Content-Type": "application/json", "X-API-Key": KEY},
+    )
+    assert with_key.status_code == 422  # now the body is read, and refused

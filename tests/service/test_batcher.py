@@ -13,7 +13,7 @@ import torch
 
 from featurizer.preprocess import load_and_preprocess
 from service.batcher import BatcherStoppedError, MicroBatcher, QueueFullError
-from tests.service._service_helpers import jpeg_bytes
+from tests.service._service_helpers import jpeg_bytes, problem
 
 
 def tensors(featurizer, count: int, crop: str = "center") -> list[torch.Tensor]:
@@ -46,7 +46,7 @@ def test_concurrent_submissions_share_one_forward_pass(shared_featurizer):
     batcher = MicroBatcher(shared_featurizer, max_batch_size=8, max_wait_ms=50)
 
     async def scenario():
-        tasks = [asyncio.ensure_future(batcher.submit(t, frozenset({"decaf6"}))) for t in inputs]
+        tasks = [asyncio.ensure_future(batcher.enqueue(t, frozenset({"decaf6"}))) for t in inputs]
         await wait_for_queue(batcher, len(inputs))
         batcher.start()  # everything is already queued: one batch
         return await asyncio.gather(*tasks)
@@ -66,7 +66,7 @@ def test_max_batch_size_splits_batches(shared_featurizer):
     batcher = MicroBatcher(shared_featurizer, max_batch_size=2, max_wait_ms=0)
 
     async def scenario():
-        tasks = [asyncio.ensure_future(batcher.submit(t, frozenset({"decaf7"}))) for t in inputs]
+        tasks = [asyncio.ensure_future(batcher.enqueue(t, frozenset({"decaf7"}))) for t in inputs]
         await wait_for_queue(batcher, len(inputs))
         batcher.start()
         return await asyncio.gather(*tasks)
@@ -87,7 +87,7 @@ def test_each_request_gets_only_its_layers_and_crop_modes_are_not_mixed(shared_f
     async def scenario():
         items = [center[0], center[1], tencrop[0]]
         tasks = [
-            asyncio.ensure_future(batcher.submit(t, layers))
+            asyncio.ensure_future(batcher.enqueue(t, layers))
             for t, layers in zip(items, wanted, strict=True)
         ]
         await wait_for_queue(batcher, 3)
@@ -125,7 +125,7 @@ def test_batch_waits_for_announced_decodes_but_not_forever(shared_featurizer):
         stuck = batcher.expecting()
         stuck.__enter__()
         started = time.perf_counter()
-        await batcher.submit(third, layers)
+        await batcher.enqueue(third, layers)
         waited = time.perf_counter() - started
         stuck.__exit__(None, None, None)
         return waited
@@ -148,7 +148,7 @@ def test_max_wait_is_skipped_when_no_other_request_is_in_flight(
 
     async def scenario() -> float:
         started = time.perf_counter()
-        await batcher.submit(tensor, frozenset({"decaf6"}))
+        await batcher.enqueue(tensor, frozenset({"decaf6"}))
         return time.perf_counter() - started
 
     try:
@@ -170,11 +170,11 @@ def test_full_queue_raises_with_retry_after(shared_featurizer):
 
     async def scenario():
         tasks = [
-            asyncio.ensure_future(batcher.submit(t, frozenset({"decaf6"}))) for t in inputs[:2]
+            asyncio.ensure_future(batcher.enqueue(t, frozenset({"decaf6"}))) for t in inputs[:2]
         ]
         await wait_for_queue(batcher, 2)
         with pytest.raises(QueueFullError) as caught:
-            await batcher.submit(inputs[2], frozenset({"decaf6"}))
+            await batcher.enqueue(inputs[2], frozenset({"decaf6"}))
         assert caught.value.retry_after >= 1
         batcher.start()  # the queued ones still complete
         return await asyncio.gather(*tasks)
@@ -191,7 +191,7 @@ def test_cancelled_requests_are_dropped_before_the_forward_pass(shared_featurize
     batcher = MicroBatcher(shared_featurizer, max_batch_size=8, max_wait_ms=20)
 
     async def scenario():
-        tasks = [asyncio.ensure_future(batcher.submit(t, frozenset({"decaf6"}))) for t in inputs]
+        tasks = [asyncio.ensure_future(batcher.enqueue(t, frozenset({"decaf6"}))) for t in inputs]
         await wait_for_queue(batcher, 3)
         tasks[1].cancel()  # e.g. the client disconnected
         await asyncio.sleep(0)
@@ -213,8 +213,8 @@ def test_forward_errors_reach_every_waiting_request(shared_featurizer):
 
     async def scenario():
         return await asyncio.gather(
-            batcher.submit(wrong_shape, frozenset({"decaf6"})),
-            batcher.submit(wrong_shape, frozenset({"decaf6"})),
+            batcher.enqueue(wrong_shape, frozenset({"decaf6"})),
+            batcher.enqueue(wrong_shape, frozenset({"decaf6"})),
             return_exceptions=True,
         )
 
@@ -231,13 +231,13 @@ def test_stop_fails_pending_and_refuses_new_work(shared_featurizer):
     batcher = MicroBatcher(shared_featurizer)
 
     async def scenario():
-        task = asyncio.ensure_future(batcher.submit(inputs[0], frozenset({"decaf6"})))
+        task = asyncio.ensure_future(batcher.enqueue(inputs[0], frozenset({"decaf6"})))
         await wait_for_queue(batcher, 1)
         await asyncio.to_thread(batcher.stop)
         with pytest.raises(BatcherStoppedError):
             await task
         with pytest.raises(BatcherStoppedError):
-            await batcher.submit(inputs[0], frozenset({"decaf6"}))
+            await batcher.enqueue(inputs[0], frozenset({"decaf6"}))
 
     asyncio.run(scenario())
     assert not batcher.running
@@ -304,7 +304,8 @@ def test_full_queue_answers_503_with_retry_after_over_http(serve, shared_featuri
     rejected, accepted = asyncio.run(scenario())
     assert rejected.status_code == 503
     assert int(rejected.headers["Retry-After"]) >= 1
-    assert rejected.json()["error"]["type"] == "QueueFullError"
+    body = problem(rejected, 503, "/problems/queue-full")
+    assert "queue is full" in body["detail"]
     assert [r.status_code for r in accepted] == [200, 200]  # the queued ones still finish
     assert server.batcher.rejected_full == 1
 

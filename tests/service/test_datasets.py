@@ -118,7 +118,7 @@ def test_extraction_validation_errors(api: Any, body: dict, fragment: str) -> No
 
 
 def test_ray_engine_is_accepted_by_the_schema(api: Any) -> None:
-    from service.datasets import ExtractionRequest
+    from service.schemas import ExtractionRequest
 
     request = ExtractionRequest(
         root="pets", name="x", engine="ray", num_gpus_per_worker=0.5, concurrency=2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from featurizer.preprocess import load_and_preprocess
-from tests.service._service_helpers import jpeg_bytes, png_bytes
+from tests.service._service_helpers import jpeg_bytes, png_bytes, problem
 
 
 def reference(featurizer, data: bytes, layers, crop: str = "center") -> dict[str, np.ndarray]:
@@ -146,7 +146,8 @@ def test_npy_response_for_one_layer(client, shared_featurizer, image_bytes):
     assert_close(array[0], reference(shared_featurizer, image_bytes[4], ["decaf7"])["decaf7"])
     assert json.loads(response.headers["X-Decaf-Filenames"]) == ["a.jpg"]
     [failed] = json.loads(response.headers["X-Decaf-Errors"])
-    assert failed["index"] == 1 and failed["filename"] == "b.jpg" and "empty" in failed["error"]
+    assert failed["index"] == 1 and failed["filename"] == "b.jpg" and "empty" in failed["detail"]
+    assert failed["type"] == "/problems/image-decode" and failed["status"] == 422
 
 
 def test_npy_with_several_layers_is_406(client, image_bytes):
@@ -156,8 +157,8 @@ def test_npy_with_several_layers_is_406(client, image_bytes):
         headers={"Accept": "application/x-npy"},
         files=files(("a.jpg", image_bytes[0], "image/jpeg")),
     )
-    assert response.status_code == 406
-    assert "application/x-npz" in response.json()["error"]["message"]
+    body = problem(response, 406, "/problems/not-acceptable")
+    assert "application/x-npz" in body["detail"]
 
 
 def test_npz_response_for_several_images_and_layers(client, image_bytes):
@@ -180,21 +181,21 @@ def test_npz_response_for_several_images_and_layers(client, image_bytes):
 
 
 @pytest.mark.parametrize(
-    ("params", "needle"),
+    ("params", "needle", "kind"),
     [
-        ({"layers": "decaf9"}, "decaf9"),
-        ({"crop": "diagonal"}, "crop must be one of"),
-        ({"normalize": "l3"}, "normalize must be"),
-        ({"dtype": "int4"}, "dtype must be"),
-        ({"format": "xml"}, "format must be"),
+        ({"layers": "decaf9"}, "decaf9", "/problems/unknown-layer"),
+        ({"crop": "diagonal"}, "crop must be one of", "/problems/invalid-option"),
+        ({"normalize": "l3"}, "normalize must be", "/problems/invalid-option"),
+        ({"dtype": "int4"}, "dtype must be", "/problems/invalid-option"),
+        ({"format": "xml"}, "format must be", "/problems/invalid-option"),
+        ({"backbone": "vgg99"}, "loaded: ['alexnet']", "/problems/unknown-backbone"),
     ],
 )
-def test_bad_options_are_422_with_a_clear_message(client, image_bytes, params, needle):
+def test_bad_options_are_422_with_a_clear_message(client, image_bytes, params, needle, kind):
     response = client.post(
         "/v1/features", params=params, files=files(("a.jpg", image_bytes[0], "image/jpeg"))
     )
-    assert response.status_code == 422
-    assert needle in response.json()["error"]["message"]
+    assert needle in problem(response, 422, kind)["detail"]
 
 
 def test_layer_not_offered_by_this_server(make_app, image_bytes):
@@ -206,16 +207,17 @@ def test_layer_not_offered_by_this_server(make_app, image_bytes):
             params={"layers": "decaf7"},
             files=files(("a.jpg", image_bytes[0], "image/jpeg")),
         )
-        assert response.status_code == 422
-        assert "offers ['decaf6']" in response.json()["error"]["message"]
+        body = problem(response, 422, "/problems/unknown-layer")
+        assert "offers ['decaf6']" in body["detail"]
         assert client.get("/v1/model").json()["offered_layers"] == ["decaf6"]
 
 
 def test_missing_images_field_is_422(client):
     response = client.post("/v1/features", data={"layers": "decaf6"})
-    assert response.status_code == 422
-    error = response.json()["error"]
-    assert error["type"] == "ValidationError" and "images" in error["message"]
+    body = problem(response, 422, "/problems/invalid-request")
+    assert "images" in body["detail"]
+    assert [e["loc"] for e in body["errors"]] == [["body", "images"]]
+    assert body["errors"][0]["code"] == "missing" and body["errors"][0]["detail"]
 
 
 def test_get_model_describes_backbone_layers_and_preprocessing(client):
@@ -233,13 +235,14 @@ def test_get_model_describes_backbone_layers_and_preprocessing(client):
 
 def test_unknown_route_is_404_json(client):
     response = client.get("/v1/does-not-exist")
-    assert response.status_code == 404
-    assert response.json()["error"]["type"] == "NotFound"
+    body = problem(response, 404, "about:blank")
+    assert body["title"] == "Not Found" and "/v1/does-not-exist" in body["detail"]
 
 
 def test_wrong_method_is_405(client):
     response = client.get("/v1/features")
-    assert response.status_code == 405
+    body = problem(response, 405, "about:blank")
+    assert body["title"] == "Method Not Allowed" and response.headers["Allow"] == "POST"
 
 
 def test_openapi_and_docs(client):
@@ -254,9 +257,9 @@ def test_model_not_loaded_answers_503(app, image_bytes):
 
     client = TestClient(app)  # no `with`: the lifespan (model loading) has not run
     response = client.post("/v1/features", files=files(("a.jpg", image_bytes[0], "image/jpeg")))
-    assert response.status_code == 503
-    assert "Retry-After" in response.headers
-    assert client.get("/v1/model").status_code == 503
+    problem(response, 503, "/problems/not-ready")
+    assert response.headers["Retry-After"] == "5"
+    problem(client.get("/v1/model"), 503, "/problems/not-ready")
 
 
 def test_distinct_images_give_distinct_features(client, image_bytes):

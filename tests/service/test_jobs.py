@@ -1,4 +1,5 @@
-"""JobManager: real extraction jobs (random-weight AlexNet), cancellation, crash recovery."""
+"""JobManager: real extraction jobs (random-weight AlexNet), cancellation, crash recovery, and
+handlers registered from outside (the manager knows no kinds of its own)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ from typing import Any
 import pytest
 
 from featurizer.store import read_manifest
-from service.jobs import JobConflictError, JobError, JobManager, JobNotFoundError
+from service.job_context import JobContext
+from service.jobs import (
+    JobConflictError,
+    JobManager,
+    JobNotFoundError,
+    UnknownJobKindError,
+)
 from service.state import Database, DatasetRow, JobRow
+from service.tasks.extraction import extraction_handler
 from tests.service._state_helpers import make_image_tree, make_settings
 
 
@@ -30,10 +38,10 @@ class CountingFactory:
 
     def __init__(self, featurizer: Any) -> None:
         self.featurizer = featurizer
-        self.calls: list[tuple[Any, str, str]] = []
+        self.calls: list[tuple[str, Any, str, str]] = []
 
-    def __call__(self, layers: Any, precision: str, crop: str) -> Any:
-        self.calls.append((tuple(layers), precision, crop))
+    def __call__(self, backbone: str, layers: Any, precision: str, crop: str) -> Any:
+        self.calls.append((backbone, tuple(layers), precision, crop))
         assert tuple(layers) == self.featurizer.layers
         return self.featurizer
 
@@ -47,8 +55,12 @@ def env(tmp_path: Path, featurizer: Any) -> dict[str, Any]:
     db.close()
 
 
-def manager(env: dict[str, Any], **kwargs: Any) -> JobManager:
-    jobs = JobManager(env["settings"], env["db"], env["factory"], **kwargs)
+def handlers(env: dict[str, Any]) -> dict[str, Any]:
+    return {"extraction": extraction_handler(env["factory"])}
+
+
+def manager(env: dict[str, Any], extra: dict[str, Any] | None = None, **kwargs: Any) -> JobManager:
+    jobs = JobManager(env["settings"], env["db"], {**handlers(env), **(extra or {})}, **kwargs)
     jobs.start()
     return jobs
 
@@ -98,7 +110,8 @@ def test_extraction_job_runs_to_completion(env: dict[str, Any]) -> None:
     assert manifest["complete"] and manifest["classes"] == ["cat", "dog"]
     with env["db"].session() as session:
         assert session.get(DatasetRow, "pets").job_id == job["id"]
-    assert env["factory"].calls == [(("decaf6", "decaf7"), "fp32", "center")]
+    # Jobs without a backbone parameter (queued by an older server) use the default one.
+    assert env["factory"].calls == [("alexnet", ("decaf6", "decaf7"), "fp32", "center")]
 
 
 def test_failed_job_keeps_the_reason(env: dict[str, Any]) -> None:
@@ -117,8 +130,11 @@ def test_failed_job_keeps_the_reason(env: dict[str, Any]) -> None:
 def test_unknown_kind_and_unknown_job(env: dict[str, Any]) -> None:
     jobs = manager(env)
     try:
-        with pytest.raises(JobError, match="unknown job kind"):
+        with pytest.raises(UnknownJobKindError, match="unknown job kind 'mining'") as caught:
             jobs.submit("mining", {})
+        assert "['extraction']" in str(caught.value) and caught.value.http_status == 422
+        with pytest.raises(UnknownJobKindError):
+            jobs.list(kind="mining")
         with pytest.raises(JobNotFoundError):
             jobs.get("nope")
         with pytest.raises(JobNotFoundError):
@@ -217,7 +233,7 @@ def test_graceful_shutdown_pauses_and_next_start_resumes(env: dict[str, Any]) ->
 def test_only_one_manager_recovers_per_data_dir(env: dict[str, Any]) -> None:
     # Several server workers on one data dir: only the lock holder requeues crashed jobs.
     first = manager(env)
-    second = JobManager(env["settings"], env["db"], env["factory"])
+    second = JobManager(env["settings"], env["db"], handlers(env))
     try:
         assert second._recovery_lock.acquire() is False
     finally:
@@ -238,7 +254,7 @@ def test_recovery_lock_is_not_kept_by_forked_children(env: dict[str, Any]) -> No
         first._recovery_lock._handle.close()  # the parent "dies": its file handle goes away
         first._recovery_lock._handle = None
         first._recovery_lock._held_here.discard(first._recovery_lock.path)
-        other = JobManager(env["settings"], env["db"], env["factory"])
+        other = JobManager(env["settings"], env["db"], handlers(env))
         assert other._recovery_lock.acquire() is True
         other._recovery_lock.release()
     finally:
@@ -326,8 +342,6 @@ def test_cancel_poll_reads_the_database_at_most_once_per_interval(
 ) -> None:
     # should_stop() runs after every batch and must not cost a database read each time; a
     # cancel written by another process is seen within one interval instead.
-    from service.jobs import JobContext
-
     _insert(env["db"], "job", "running", {})
     ctx = JobContext(
         job_id="job",
@@ -336,14 +350,13 @@ def test_cancel_poll_reads_the_database_at_most_once_per_interval(
         attempt=1,
         settings=env["settings"],
         db=env["db"],
-        featurizer_factory=env["factory"],
         stop_event=threading.Event(),
         _report=lambda progress, force: None,
         cancel_poll_interval_s=0.2,
     )
     now = [100.0]
-    # A fake clock for service.jobs only (the real `time` module stays untouched).
-    monkeypatch.setattr("service.jobs.time", SimpleNamespace(monotonic=lambda: now[0]))
+    # A fake clock for service.job_context only (the real `time` module stays untouched).
+    monkeypatch.setattr("service.job_context.time", SimpleNamespace(monotonic=lambda: now[0]))
     assert ctx.should_stop() is False  # the first call reads the flag
     with env["db"].session() as session:
         session.get(JobRow, "job").cancel_requested = True
@@ -352,3 +365,74 @@ def test_cancel_poll_reads_the_database_at_most_once_per_interval(
     now[0] += 0.11
     assert ctx.should_stop() is True  # interval over: read, and remembered
     assert ctx.stop_event.is_set()
+
+
+# --------------------------------------------------------------------------- custom handlers
+def test_a_handler_registered_from_outside_runs_and_reports(env: dict[str, Any]) -> None:
+    started = threading.Event()
+    release = threading.Event()
+    seen: list[JobContext] = []
+
+    def count_words(ctx: JobContext) -> dict[str, Any]:
+        seen.append(ctx)
+        started.set()
+        assert release.wait(timeout=60), "the test never released the job"
+        ctx.report({"done": 1, "total": 1}, force=True)
+        return {"words": len(ctx.params["text"].split())}
+
+    jobs = manager(env, extra={"count_words": count_words})
+    try:
+        assert jobs.kinds == ["count_words", "extraction"]
+        job = jobs.submit("count_words", {"text": "a few words here"})
+        assert started.wait(timeout=60)
+        assert jobs.get(job["id"])["status"] == "running"
+        assert [j["id"] for j in jobs.list(kind="count_words")] == [job["id"]]
+        release.set()
+        done = jobs.wait(job["id"])
+    finally:
+        release.set()
+        jobs.shutdown()
+    assert done["status"] == "succeeded" and done["result"] == {"words": 4}
+    assert done["progress"] == {"done": 1, "total": 1}
+    assert seen[0].kind == "count_words" and seen[0].attempt == 1
+
+
+def test_a_cancelled_custom_handler_stops_at_its_stop_point(env: dict[str, Any]) -> None:
+    started = threading.Event()
+    cancelled = threading.Event()
+
+    def waits_for_cancel(ctx: JobContext) -> dict[str, Any]:
+        started.set()
+        assert cancelled.wait(timeout=60)
+        ctx.stop_point()  # raises JobCancelledError: the cancel was asked
+        raise AssertionError("stop_point did not stop the job")
+
+    jobs = manager(env, extra={"slow": waits_for_cancel})
+    try:
+        job = jobs.submit("slow", {})
+        assert started.wait(timeout=60)
+        assert jobs.cancel(job["id"])["cancel_requested"] is True
+        cancelled.set()
+        final = jobs.wait(job["id"])
+    finally:
+        cancelled.set()
+        jobs.shutdown()
+    assert final["status"] == "cancelled" and final["note"] == "cancelled by request"
+
+
+def test_a_recovered_job_of_a_kind_nobody_handles_fails_clearly(env: dict[str, Any]) -> None:
+    _insert(env["db"], "orphan-kind", "queued", {})
+    with env["db"].session() as session:
+        session.get(JobRow, "orphan-kind").kind = "retired_kind"
+    jobs = manager(env)
+    try:
+        final = jobs.wait("orphan-kind")
+    finally:
+        jobs.shutdown()
+    assert final["status"] == "failed"
+    assert "no handler for job kind 'retired_kind'" in final["error"]
+
+
+def test_a_manager_needs_handlers(env: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="at least one handler"):
+        JobManager(env["settings"], env["db"], {})

@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.commands import apply_overrides
-from service.ops import JsonFormatter
-from tests.service._service_helpers import _free_socket, jpeg_bytes
+from service.logs import JsonFormatter
+from tests.service._service_helpers import _free_socket, jpeg_bytes, problem
 
 
 def test_healthz(client):
@@ -34,9 +34,10 @@ def test_readyz_follows_the_model_and_the_batcher(app):
     assert idle.get("/healthz").status_code == 200  # alive while not ready
     with TestClient(app) as client:
         assert client.get("/readyz").status_code == 200
-        app.state.batcher.stop()  # e.g. shutting down
+        app.state.models.default.batcher.stop()  # e.g. shutting down
         response = client.get("/readyz")
-        assert response.status_code == 503 and "batcher not running" in response.json()["reasons"]
+        assert response.status_code == 503
+        assert response.json()["reasons"] == ["batcher of alexnet not running"]
 
 
 def test_metrics_count_requests_by_route_template_and_batches(client, image_bytes):
@@ -95,7 +96,8 @@ def test_request_timeout_is_504_and_abandoned_images_skip_the_model(serve, share
 
     responses = asyncio.run(scenario())
     assert [r.status_code for r in responses] == [504, 504]
-    assert "DECAF_REQUEST_TIMEOUT_S" in responses[1].json()["error"]["message"]
+    body = problem(responses[1], 504, "/problems/request-timeout")
+    assert "DECAF_REQUEST_TIMEOUT_S" in body["detail"]
     deadline = time.monotonic() + 10
     while server.batcher.dropped_cancelled < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -230,17 +232,18 @@ def test_every_typed_error_maps_to_one_status(error, status):
     import classifiers.errors
     import featurizer.errors
     import service.batcher
-    import service.deps
-    from service.app import status_for
+    import service.uploads
+    from service.problems import problem_from_error
 
-    modules = (featurizer.errors, classifiers.errors, service.batcher, service.deps)
+    modules = (featurizer.errors, classifiers.errors, service.batcher, service.uploads)
     kind = next(getattr(m, error) for m in modules if hasattr(m, error))
-    assert status_for(kind("message")) == status
+    assert kind.http_status == status
+    assert problem_from_error(kind("message")).status == status
 
 
 def test_typed_errors_from_jobs_keep_their_own_status():
-    from service.app import status_for
     from service.jobs import JobConflictError, JobNotFoundError
+    from service.problems import problem_from_error
 
-    assert status_for(JobNotFoundError("x")) == 404
-    assert status_for(JobConflictError("x")) == 409
+    assert problem_from_error(JobNotFoundError("x")).status == 404
+    assert problem_from_error(JobConflictError("x")).status == 409

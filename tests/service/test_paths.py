@@ -115,8 +115,9 @@ def test_empty_and_nul_paths(tree: dict[str, Path]) -> None:
 
 
 def test_status_codes() -> None:
-    assert PathNotAllowedError.status_code == 403
-    assert DataRootNotFoundError.status_code == 404
+    assert PathNotAllowedError.http_status == 403
+    assert DataRootNotFoundError.http_status == 404
+    assert InvalidNameError.http_status == 400
 
 
 @pytest.mark.parametrize("name", ["caltech101", "a", "My_set-2.v1", "9lives"])

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.service._service_helpers import problem
 from tests.service._state_helpers import (
     API_KEY,
     CLASS_COLOURS,
@@ -79,6 +80,7 @@ def test_fit_from_dataset_as_a_job_then_predict(api: Any) -> None:
         and detail["job_id"] == job["id"]
     )
     assert detail["metrics"]["num_train"] == 12 and detail["metrics"]["C"] == 1.0
+    assert detail["backbone"] == "alexnet" and detail["score_kind"] == "probability"
     assert "evaluation" in detail["metrics"]
     provenance = detail["provenance"]
     assert provenance["weights_id"] == "random" and provenance["layer"] == "decaf7"
@@ -90,6 +92,7 @@ def test_fit_from_dataset_as_a_job_then_predict(api: Any) -> None:
     assert predicted.status_code == 200, predicted.text
     result = predicted.json()
     assert result["probe_id"] == probe_id and result["layer"] == "decaf7"
+    assert result["backbone"] == "alexnet" and result["score_kind"] == "probability"
     owl, cat, bad = result["results"]
     for item in (owl, cat):
         scores = [p["score"] for p in item["predictions"]]
@@ -126,14 +129,16 @@ def test_dataset_fit_validation_errors(api: Any, body: dict, fragment: str) -> N
 def test_dataset_fit_not_found_and_bad_layer(api: Any) -> None:
     missing = api.post("/v1/probes", json={"dataset": "nope"})
     assert missing.status_code == 404 and "not found" in error_message(missing)
+    problem(missing, 404, "/problems/dataset-not-found")
     absent = api.post("/v1/probes", json={"dataset": "pets", "layer": "decaf5"})
-    assert absent.status_code == 400 and "available" in error_message(absent)
+    assert "available" in problem(absent, 422, "/problems/unknown-layer")["detail"]
     broken = api.post(
         "/v1/probes", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert broken.status_code == 400
+    assert "invalid JSON" in problem(broken, 400, "/problems/malformed-body")["detail"]
     plain = api.post("/v1/probes", content=b"hello", headers={"content-type": "text/plain"})
     assert plain.status_code == 415 and "multipart/form-data" in error_message(plain)
+    problem(plain, 415, "/problems/unsupported-media-type")
 
 
 # --------------------------------------------------------------------------- few-shot
@@ -168,10 +173,10 @@ def test_few_shot_labels_as_repeated_fields(api: Any) -> None:
         (["cat", "dog", "dog"], {"labels": json.dumps(["cat", "dog"])}, 422, "2 labels"),
         (["cat", "dog"], {"labels": "[not json"}, 422, "not valid JSON"),
         (["cat", "dog"], {"labels": json.dumps(["cat", ""])}, 422, "non-empty"),
-        (["cat", "cat"], {}, 400, "at least 2 classes"),
+        (["cat", "cat"], {}, 422, "at least 2 classes"),
         (["cat", "dog"], {"classifier": "forest"}, 422, "classifier"),
         (["cat", "dog"], {"C": "-3"}, 422, "C"),
-        (["cat", "dog"], {"layer": "decaf5"}, 400, "not served"),
+        (["cat", "dog"], {"layer": "decaf5"}, 422, "not served"),
         (["cat", "dog"], {"name": "bad name"}, 422, "name"),
     ],
 )
@@ -188,6 +193,29 @@ def test_few_shot_errors(
 def test_few_shot_without_files(api: Any) -> None:
     response = api.post("/v1/probes", data={"labels": "[]"}, files={"other": ("x", b"y")})
     assert response.status_code == 422 and "no images" in error_message(response)
+
+
+def test_svm_scores_are_margins_not_probabilities(api: Any) -> None:
+    request = few_shot_request(["cat", "cat", "dog", "dog", "owl", "owl"], classifier="svm")
+    request["data"]["C"] = "1.0"
+    created = api.post("/v1/probes", **request)
+    assert created.status_code == 201, created.text
+    probe = created.json()
+    assert probe["classifier"] == "svm" and probe["score_kind"] == "margin"
+    listed = {p["id"]: p for p in api.get("/v1/probes").json()["probes"]}
+    assert listed[probe["id"]]["score_kind"] == "margin"
+    predicted = api.post(
+        f"/v1/probes/{probe['id']}/predict", files=[upload("owl", 7)], params={"top_k": 3}
+    )
+    assert predicted.status_code == 200, predicted.text
+    result = predicted.json()
+    assert result["score_kind"] == "margin"
+    scores = [p["score"] for p in result["results"][0]["predictions"]]
+    assert scores == sorted(scores, reverse=True)
+    # One-vs-rest margins: the runners-up lie on the wrong side of their hyperplanes. These are
+    # not probabilities (they neither sum to 1 nor stay in [0, 1]).
+    assert scores[-1] < 0 and abs(sum(scores) - 1.0) > 1e-3
+    assert result["results"][0]["predictions"][0]["label"] == "owl"
 
 
 # --------------------------------------------------------------------------- get / delete

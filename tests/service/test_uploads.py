@@ -8,7 +8,7 @@ import zlib
 import httpx
 import pytest
 
-from tests.service._service_helpers import jpeg_bytes
+from tests.service._service_helpers import jpeg_bytes, problem
 
 UPLOAD_LIMIT = 60_000  # bytes per file in these tests
 MAX_FILES = 4
@@ -46,34 +46,53 @@ def assert_still_serving(server) -> None:
     assert len(response.json()["results"][0]["features"]["decaf6"]) == 4096
 
 
+DECODE = "/problems/image-decode"
+UNSUPPORTED = "/problems/unsupported-content-type"
+
+
 @pytest.mark.parametrize(
-    ("name", "data", "content_type", "status", "needle"),
+    ("name", "data", "content_type", "status", "needle", "kind"),
     [
-        ("zero.jpg", b"", "image/jpeg", 422, "empty"),
-        ("truncated.jpg", jpeg_bytes(1)[:300], "image/jpeg", 422, "truncated"),
+        ("zero.jpg", b"", "image/jpeg", 422, "empty", DECODE),
+        ("truncated.jpg", jpeg_bytes(1)[:300], "image/jpeg", 422, "truncated", DECODE),
         (
             "text.jpg",
             b"this is plain text, not a JPEG\n" * 10,
             "image/jpeg",
             422,
             "not a recognised",
+            DECODE,
         ),
-        ("bomb.png", png_header_only(10_000, 10_000), "image/png", 413, "pixel"),
-        ("big.jpg", b"\xff\xd8" + b"\x00" * (UPLOAD_LIMIT + 10), "image/jpeg", 413, "too large"),
-        ("notes.txt", b"hello", "text/plain", 415, "unsupported content type"),
-        ("page.html", b"<html></html>", "text/html", 415, "unsupported content type"),
+        (
+            "bomb.png",
+            png_header_only(10_000, 10_000),
+            "image/png",
+            413,
+            "pixel",
+            "/problems/image-too-large",
+        ),
+        (
+            "big.jpg",
+            b"\xff\xd8" + b"\x00" * (UPLOAD_LIMIT + 10),
+            "image/jpeg",
+            413,
+            "too large",
+            "/problems/file-too-large",
+        ),
+        ("notes.txt", b"hello", "text/plain", 415, "unsupported content type", UNSUPPORTED),
+        ("page.html", b"<html></html>", "text/html", 415, "unsupported content type", UNSUPPORTED),
     ],
 )
 def test_bad_single_upload_gets_clear_4xx_and_server_keeps_serving(
-    server, name, data, content_type, status, needle
+    server, name, data, content_type, status, needle, kind
 ):
     response = post(server, (name, data, content_type))
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert needle in body["error"]["message"].lower()
-    [result] = body["results"]
-    assert result["filename"] == name and result["features"] is None
-    assert needle in result["error"].lower()
+    body = problem(response, status, kind)
+    assert needle in body["detail"].lower() and name in body["detail"]
+    [error] = body["errors"]
+    assert error["index"] == 0 and error["filename"] == name
+    assert error["type"] == kind and error["status"] == status
+    assert needle in error["detail"].lower()
     assert_still_serving(server)
 
 
@@ -88,14 +107,21 @@ def test_bad_files_among_good_ones_are_reported_per_image(server):
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["error"] is None for r in results] == [True, False, False, True]
+    assert [r["features"] is None for r in results] == [False, True, True, False]
     assert "pixel" in results[1]["error"].lower()
+    assert [r["error_type"] for r in results] == [
+        None,
+        "/problems/image-too-large",
+        "/problems/image-decode",
+        None,
+    ]
 
 
 def test_too_many_files_is_413(server):
     items = [(f"{i}.jpg", jpeg_bytes(i), "image/jpeg") for i in range(MAX_FILES + 1)]
     response = post(server, *items)
-    assert response.status_code == 413
-    assert "too many files" in response.json()["error"]["message"]
+    body = problem(response, 413, "/problems/too-many-files")
+    assert "too many files" in body["detail"]
     assert_still_serving(server)
 
 
@@ -103,8 +129,8 @@ def test_body_over_the_request_cap_is_413_before_parsing(server):
     cap = UPLOAD_LIMIT * MAX_FILES + 1024 * 1024
     huge = b"\xff\xd8" + b"\x00" * (cap + 1)
     response = post(server, ("huge.jpg", huge, "image/jpeg"))
-    assert response.status_code == 413
-    assert response.json()["error"]["type"] == "ContentTooLarge"
+    body = problem(response, 413, "/problems/request-too-large")
+    assert "request body larger than" in body["detail"]
     assert_still_serving(server)
 
 
@@ -127,14 +153,14 @@ def test_streamed_body_without_content_length_is_capped_too(server):
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         timeout=60,
     )
-    assert response.status_code == 413
+    problem(response, 413, "/problems/request-too-large")
     assert_still_serving(server)
 
 
 def test_not_multipart_is_422(server):
     response = httpx.post(f"{server.base_url}/v1/features", json={"images": ["a.jpg"]}, timeout=30)
-    assert response.status_code == 422
-    assert "images" in response.json()["error"]["message"]
+    body = problem(response, 422, "/problems/invalid-request")
+    assert "images" in body["detail"]
     assert_still_serving(server)
 
 

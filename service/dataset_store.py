@@ -1,0 +1,147 @@
+"""Feature stores the service writes and reads: where they live, what they hold, who writes them.
+
+Stores live under `DECAF_DATA_DIR/datasets/<name>/` (written by extraction jobs, or by
+`decaf extract` into that directory) and are indexed in the database with the job that wrote
+them. The format itself belongs to `featurizer.store`; this module only finds and checks stores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import select
+
+from featurizer.errors import StoreError, UnknownLayerError
+from service.errors import ConflictError, NotFoundError
+from service.jobs import JobManager
+from service.paths import validate_name
+from service.settings import Settings
+from service.state import Database, DatasetRow, iso
+
+
+class DatasetNotFoundError(NotFoundError):
+    """No finished or running feature store has this name."""
+
+    http_status: ClassVar[int] = 404
+
+
+class DatasetConflictError(ConflictError):
+    """A store of that name exists, is being written, or is not finished yet."""
+
+    http_status: ClassVar[int] = 409
+
+
+def datasets_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir).expanduser().resolve() / "datasets"
+
+
+def dataset_path(settings: Settings, name: str) -> Path:
+    """Store directory of dataset `name` (InvalidNameError, 400, for an unsafe name)."""
+    return datasets_dir(settings) / validate_name(name, "dataset name")
+
+
+def check_no_conflict(jobs: JobManager, name: str, out: Path, overwrite: bool) -> None:
+    """Refuse to start writing `name` while another job writes it, or over a finished store."""
+    active = jobs.active_job_for_dataset(name)
+    if active:
+        raise DatasetConflictError(
+            f"dataset {name!r} is already being extracted by job {active}; wait for it or "
+            "cancel it with DELETE /v1/jobs/{id}"
+        )
+    if overwrite:
+        return
+    from featurizer.store import read_manifest
+
+    try:
+        complete = bool(read_manifest(out).get("complete"))
+    except StoreError:
+        return  # no store, or an unfinished one: the job creates or resumes it
+    if complete:
+        raise DatasetConflictError(
+            f'dataset {name!r} already exists; choose another name or pass "overwrite": true'
+        )
+
+
+def finished_manifest(settings: Settings, name: str) -> dict[str, Any]:
+    """The manifest of the finished store `name` (404 if there is none, 409 if unfinished)."""
+    from featurizer.store import read_manifest
+
+    try:
+        manifest = read_manifest(dataset_path(settings, name))
+    except StoreError as exc:
+        raise DatasetNotFoundError(f"dataset {name!r} not found (GET /v1/datasets)") from exc
+    if not manifest.get("complete"):
+        raise DatasetConflictError(
+            f"dataset {name!r} is incomplete (its extraction has not finished): wait for its job"
+        )
+    return manifest
+
+
+def check_layer_stored(manifest: dict[str, Any], name: str, layer: str) -> None:
+    layers = manifest.get("layers") or {}
+    if layer not in layers:
+        raise UnknownLayerError(
+            f"layer {layer!r} is not in dataset {name!r}; available: {sorted(layers)} "
+            "(extract the dataset again with that layer)"
+        )
+
+
+def list_datasets(settings: Settings, db: Database, jobs: JobManager) -> list[dict[str, Any]]:
+    """Summaries of the stores on disk and of those a running job is writing, by name."""
+    root = datasets_dir(settings)
+    with db.session() as session:
+        rows = {row.name: row for row in session.scalars(select(DatasetRow))}
+    on_disk = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    summaries = []
+    for name in sorted(set(rows) | on_disk):
+        if name not in on_disk and not jobs.active_job_for_dataset(name):
+            continue  # registered but never written (e.g. the job failed before starting)
+        summaries.append(_summary(name, root / name, rows.get(name)))
+    return summaries
+
+
+def _summary(name: str, path: Path, row: DatasetRow | None) -> dict[str, Any]:
+    from featurizer.store import read_manifest
+
+    summary: dict[str, Any] = {
+        "name": name,
+        "complete": False,
+        "job_id": row.job_id if row else None,
+        "source_root": row.source_root if row else None,
+        "created_at": iso(row.created_at) if row else None,
+    }
+    try:
+        manifest = read_manifest(path)
+    except StoreError as exc:
+        summary["error"] = str(exc)
+        return summary
+    summary.update(
+        complete=bool(manifest.get("complete")),
+        backbone=manifest.get("backbone"),
+        num_images=manifest.get("num_images"),
+        num_errors=manifest.get("num_errors"),
+        num_classes=len(manifest.get("classes") or []),
+        layers=manifest.get("layers"),
+        source_root=manifest.get("source_root", summary["source_root"]),
+        created_at=manifest.get("created_at") or summary["created_at"],
+    )
+    return summary
+
+
+def dataset_info(settings: Settings, db: Database, name: str) -> dict[str, Any]:
+    """Manifest, counts per class and size on disk of store `name`."""
+    from featurizer.store import store_info
+
+    path = dataset_path(settings, name)
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"dataset {name!r} not found (GET /v1/datasets)")
+    try:
+        info = store_info(path)
+    except StoreError as exc:
+        raise DatasetNotFoundError(f"dataset {name!r} has no readable store yet: {exc}") from exc
+    with db.session() as session:
+        row = session.get(DatasetRow, name)
+        info["job_id"] = row.job_id if row else None
+    info["name"] = name
+    return info

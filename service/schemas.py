@@ -1,0 +1,346 @@
+"""Request and response models of the HTTP API (pydantic), in one place.
+
+Allowed values come from where they are declared: precision / crop / engine from
+`featurizer.options`, classifier / protocol / score kind from `service.classifier_options`,
+job statuses from `service.state`. Layers and backbones are checked against the loaded models at
+request time (`service.models`), not here: they depend on what the server has loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from featurizer.options import CropMode, Engine, Precision
+from service.classifier_options import ClassifierKind, ScoreKind, ServiceProtocol
+from service.paths import NAME_PATTERN
+from service.state import JobStatus
+
+BACKBONE_FIELD = Field(
+    None, description="one of the server's backbones (GET /v1/model); default: its default one"
+)
+
+
+# --------------------------------------------------------------------------- errors
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error answer (application/problem+json)."""
+
+    type: str = Field(
+        description="problem type: '/problems/<name>' (one per error kind) or 'about:blank' "
+        "(a plain HTTP condition, e.g. an unknown route)",
+        examples=["/problems/image-decode"],
+    )
+    title: str = Field(description="short summary of the problem type")
+    status: int = Field(description="the HTTP status code", examples=[422])
+    detail: str = Field(description="what went wrong with this request, and what to do")
+    errors: list[dict[str, Any]] | None = Field(
+        None,
+        description="the individual problems: per image (index, filename, type, status, "
+        "detail) when no uploaded image could be used; per field (loc, detail, code) for an "
+        "invalid request",
+    )
+
+
+# --------------------------------------------------------------------------- operations
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    reasons: list[str] | None = Field(None, description="why not ready")
+    queue_depth: int | None = Field(None, description="images waiting, all backbones")
+
+
+# --------------------------------------------------------------------------- model + features
+class BackboneInfo(BaseModel):
+    """One loaded backbone: weights, the layers it serves with their dims, preprocessing."""
+
+    backbone: str
+    weights_id: str
+    weights_sha256: str | None = None
+    layers: dict[str, int] = Field(description="served layers and their dimensions")
+    default_layers: list[str]
+    preprocessing: dict[str, Any]
+    precision: str
+    device: str
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_wait_ms: float
+    max_queue: int
+
+
+class LimitsInfo(BaseModel):
+    max_upload_bytes: int
+    max_files_per_request: int
+    max_pixels: int
+    request_timeout_s: float
+
+
+class ModelInfo(BackboneInfo):
+    """The default backbone at the top level (for clients of a one-backbone server), plus all."""
+
+    default_backbone: str
+    backbones: list[BackboneInfo]
+    offered_layers: list[str] = Field(description="layers of the default backbone")
+    crop_modes: list[str]
+    default_crop: str
+    dtypes: list[str]
+    batching: BatchingInfo
+    limits: LimitsInfo
+
+
+class FeatureResult(BaseModel):
+    filename: str
+    features: dict[str, list[float]] | None = None
+    error: str | None = None
+    error_type: str | None = Field(None, description="problem type of the error")
+
+
+class FeaturesResponse(BaseModel):
+    model: dict[str, Any] = Field(description="backbone, weights, layers, preprocessing used")
+    options: dict[str, Any]
+    results: list[FeatureResult]
+
+
+# --------------------------------------------------------------------------- jobs + datasets
+class ExtractionRequest(BaseModel):
+    """Extract features of every image below `root` into the feature store `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(
+        min_length=1,
+        description="directory to read: absolute, or relative to one of DECAF_DATA_ROOTS; it "
+        "must resolve (symlinks and '..' included) inside DECAF_DATA_ROOTS",
+        examples=["caltech101"],
+    )
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="store name: the store is written to DECAF_DATA_DIR/datasets/<name>/",
+        examples=["caltech101-decaf"],
+    )
+    backbone: str | None = BACKBONE_FIELD
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="taps of the backbone to store; default: its default taps",
+    )
+    crop: CropMode = "center"
+    precision: Precision | None = Field(
+        None, description="default: the server's precision (DECAF_PRECISION)"
+    )
+    batch_size: int = Field(64, ge=1, le=1024)
+    part_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="rows per Parquet part (the unit of resume)"
+    )
+    engine: Engine = Field(
+        "local",
+        description="'local': this server's decode workers and model; 'ray': Ray Data on the "
+        "server's DECAF_RAY_ADDRESS cluster (or a local Ray), needs the ray extra "
+        "(pip install 'decaf[ray]')",
+    )
+    num_gpus_per_worker: float | None = Field(
+        None,
+        ge=0,
+        le=8,
+        description="engine 'ray' only: GPUs per model actor (default: 1 if the cluster has "
+        "GPUs, else 0)",
+    )
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="engine 'ray' only: number of model actors (default: one per GPU, or one "
+        "per CPU node)",
+    )
+    overwrite: bool = Field(
+        False, description="replace a finished store of the same name instead of answering 409"
+    )
+
+    @model_validator(mode="after")
+    def _ray_options_need_ray(self) -> ExtractionRequest:
+        # Silently ignoring them would let a client believe it got 4 GPU actors.
+        if self.engine != "ray":
+            given = [
+                name
+                for name in ("num_gpus_per_worker", "concurrency")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(f'{" and ".join(given)} only apply to "engine": "ray"')
+        return self
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str = Field(description="the job's handler: extraction | probe_fit")
+    status: JobStatus = Field(
+        description="queued | running | succeeded | failed | cancelled | "
+        "interrupted (stopped by repeated server crashes; resubmit to resume)"
+    )
+    params: dict[str, Any]
+    progress: dict[str, Any] = Field(
+        description="done, total, errors, images_per_s, eta_s (extraction jobs)"
+    )
+    result: dict[str, Any] | None = Field(
+        None,
+        description="extraction: dataset, store, num_images, num_errors, resumed_parts; "
+        "probe_fit: probe_id, probe",
+    )
+    error: str | None = None
+    note: str | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    updated_at: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class DatasetSummary(BaseModel):
+    name: str
+    complete: bool
+    backbone: str | None = None
+    num_images: int | None = None
+    num_errors: int | None = None
+    num_classes: int | None = None
+    layers: dict[str, int] | None = None
+    source_root: str | None = None
+    job_id: str | None = None
+    created_at: str | None = None
+    error: str | None = None
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetSummary]
+
+
+# --------------------------------------------------------------------------- probes
+class ProtocolSpec(BaseModel):
+    """Evaluation protocol run before the final fit (metrics land in the probe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ServiceProtocol = Field(  # type: ignore[valid-type]
+        "stratified",
+        description="caltech101: n_train per class, rest test (capped at max_test); sun397: "
+        "50/50 per class; stratified: train_fraction per class",
+    )
+    n_train: int | None = Field(
+        None, ge=1, description="training images per class (default: caltech101 30, sun397 50)"
+    )
+    max_test: int | None = Field(None, ge=1, description="test images per class, at most")
+    splits: int = Field(5, ge=1, le=100)
+    seed: int = 0
+    train_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+class ProbeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str | None = BACKBONE_FIELD
+    layer: str | None = Field(None, description="default: the backbone's default layer")
+    classifier: ClassifierKind = Field(
+        "logreg", description="logreg: scores are probabilities; svm: scores are margins"
+    )
+    C: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+        "auto", description="'auto': chosen by cross-validation on the training data"
+    )
+    standardize: bool = True
+    l2_normalize: bool = False
+    class_weight: Literal["balanced"] | None = None
+
+
+class ProbeFromDataset(ProbeOptions):
+    """Fit a probe on a feature store produced by POST /v1/extractions (or `decaf extract`)."""
+
+    dataset: str = Field(pattern=NAME_PATTERN, description="store name (GET /v1/datasets)")
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="default: <dataset>-<layer>")
+    protocol: ProtocolSpec | None = Field(
+        None, description="evaluate with this protocol first; its metrics are stored"
+    )
+
+
+class FewShotForm(ProbeOptions):
+    name: str = Field("few-shot", pattern=NAME_PATTERN)
+    crop: CropMode | None = None
+
+
+class ProbeSummary(BaseModel):
+    id: str
+    name: str
+    source: str = Field(description="'dataset' (fitted on a store) or 'upload' (few-shot)")
+    dataset: str | None = None
+    backbone: str | None = None
+    layer: str
+    classifier: str
+    score_kind: ScoreKind = Field(description="what prediction scores are")
+    classes: list[str]
+    num_classes: int
+    job_id: str | None = None
+    created_at: str | None = None
+
+
+class ProbeDetail(ProbeSummary):
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    skipped: list[dict[str, Any]] | None = Field(
+        None, description="few-shot uploads that could not be used, with the reason"
+    )
+
+
+class ProbeList(BaseModel):
+    probes: list[ProbeSummary]
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(description="a probability or a margin: see `score_kind`")
+
+
+class ImagePrediction(BaseModel):
+    filename: str
+    predictions: list[Prediction] | None = None
+    error: str | None = None
+
+
+class PredictResponse(BaseModel):
+    probe_id: str
+    backbone: str | None = None
+    layer: str
+    score_kind: ScoreKind = Field(
+        description="'probability' (logistic regression: class probabilities, summing to 1) "
+        "or 'margin' (linear SVM: signed distances to the class hyperplanes, uncalibrated)"
+    )
+    results: list[ImagePrediction]
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` substituted in place.
+
+    For routes that parse their body by hand (JSON or multipart): FastAPI does not register such
+    a model under `components/schemas`, and an inlined schema cannot dangle.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
