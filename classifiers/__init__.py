@@ -9,7 +9,7 @@ scikit-learn nor torch, so ``decaf --help`` stays fast.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -51,24 +51,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from classifiers.data import LabelledRows, labelled_rows
-    from classifiers.errors import ProbeError, ProbeMismatchError
-    from classifiers.persistence import (
-        check_compatible,
-        load_probe,
-        provenance_from_featurizer,
-        provenance_from_manifest,
-        save_probe,
-    )
-    from classifiers.probe import LinearProbe, make_probe, mean_per_class_accuracy
-    from classifiers.protocols import (
-        ProtocolResult,
-        SplitResult,
-        evaluate,
-        few_shot_curve,
-        make_splits,
-    )
-    from classifiers.registry import PROTOCOL_NAMES, PROTOCOLS, get_protocol
-    from classifiers.splits import Split

@@ -14,7 +14,7 @@ is done by entry points through :mod:`featurizer.runtime`.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -60,31 +60,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from featurizer.backbones import (
-        DEFAULT_BACKBONE,
-        Backbone,
-        Tap,
-        WeightTag,
-        backbone_names,
-        get_backbone,
-    )
-    from featurizer.errors import (
-        DecafError,
-        ImageDecodeError,
-        ImageTooLargeError,
-        StoreError,
-        UnknownBackboneError,
-        UnknownLayerError,
-        WeightsError,
-    )
-    from featurizer.extraction import extract_dataset
-    from featurizer.extractor import Featurizer
-    from featurizer.images import decode_image
-    from featurizer.options import CROP_MODES, PRECISIONS
-    from featurizer.precision import PrecisionError
-    from featurizer.preprocess import load_and_preprocess
-    from featurizer.spec import PreprocessSpec
-    from featurizer.store import FeatureStore, load_features
-    from featurizer.weights import LoadedWeights, resolve_weights

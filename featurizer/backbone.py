@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from featurizer.backbones import DEFAULT_BACKBONE, Backbone, Reduction, Stage, Tap, get_backbone
+from featurizer.backbones import Backbone, Reduction, Stage, Tap, get_backbone
 from featurizer.errors import UnknownLayerError
 from featurizer.precision import apply_precision
 from featurizer.spec import PreprocessSpec
@@ -153,7 +153,3 @@ def build_backbone(backbone: Backbone | str, weights: LoadedWeights) -> DecafBac
     net = net.to(memory_format=torch.channels_last)
     return DecafBackbone(record, net, weights.preprocess)
 
-
-# Transitional: featurizer/__init__.py and service/ still import this name (switch them to
-# get_backbone(name).tap_names, then delete). Derived from the record, not a second declaration.
-LAYER_NAMES: tuple[str, ...] = get_backbone(DEFAULT_BACKBONE).tap_names

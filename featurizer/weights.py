@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ import torch
 from featurizer.backbones import (
     Backbone,
     WeightTag,
-    backbone_names,
     get_backbone,
     import_builder,
 )
@@ -252,8 +250,3 @@ def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-# Transitional: featurizer/__init__.py still imports these two names (switch it to
-# featurizer.backbones, then delete). Derived from the registry, not a second declaration.
-BackboneSpec = Backbone
-BACKBONES: Mapping[str, Backbone] = {name: get_backbone(name) for name in backbone_names()}

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from featurizer.backbones import get_backbone
 from featurizer.errors import UnknownBackboneError, UnknownLayerError
 from service.batcher import BatcherStoppedError, MicroBatcher
-from service.registry import backbone_taps, default_taps
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class LoadedModel:
     @property
     def default_layers(self) -> list[str]:
         """What a request that names no layer gets: the backbone's first default tap if served."""
-        preferred = [tap for tap in default_taps(self.name) if tap in self.layers]
+        preferred = [tap for tap in get_backbone(self.name).default_layers if tap in self.layers]
         return preferred[:1] or [self.layers[0]]
 
     def describe(self, crop: str | None = None) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class ModelPool:
     def check_taps(self, name: str | None, layers: Sequence[str]) -> tuple[str, ...]:
         """`layers` if they are taps of backbone `name`, served or not."""
         model = self.get(name)
-        taps = list(backbone_taps(model.name))
+        taps = list(get_backbone(model.name).tap_names)
         names = _requested(layers, taps)
         unknown = [layer for layer in names if layer not in taps]
         if unknown:
@@ -165,7 +165,7 @@ def build_featurizer(settings: Settings, backbone: str) -> Featurizer:
 
     layers = settings.layers if backbone == settings.default_backbone else None
     return Featurizer(
-        layers=layers or list(backbone_taps(backbone)),
+        layers=layers or list(get_backbone(backbone).tap_names),
         weights=settings.weights,
         backbone=backbone,
         precision=settings.precision,

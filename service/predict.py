@@ -17,7 +17,6 @@ from starlette.datastructures import UploadFile
 
 from classifiers.errors import ProbeMismatchError
 from featurizer.options import CROP_MODES, CropMode
-from service.classifier_options import probe_scores, score_kind
 from service.models import LoadedModel, ModelPool
 from service.probe_store import ProbeStore
 from service.state import ProbeRow
@@ -72,10 +71,10 @@ async def predict_uploads(
         files, model=model, layers=[row.layer], crop=crop, receive=receive
     )
     ok = [r.features[row.layer] for r in results if r.features is not None]
-    scores, kind = np.empty((0, len(row.classes))), score_kind(probe.classifier)
+    scores, kind = np.empty((0, len(row.classes))), probe.score_kind
     if ok:
         features = np.stack(ok).astype(np.float32)
-        scores, kind = await asyncio.to_thread(probe_scores, probe, features)
+        scores = await asyncio.to_thread(probe.scores, features)
     classes = [str(c) for c in probe.classes_]
     return {
         "probe_id": row.id,

@@ -18,8 +18,8 @@ import numpy as np
 from sqlalchemy import select
 
 from classifiers.errors import ProbeError
+from classifiers.options import SCORE_KIND_OF
 from featurizer.errors import DecafError
-from service.classifier_options import score_kind
 from service.errors import NotFoundError
 from service.settings import Settings
 from service.state import Database, ProbeRow, iso
@@ -75,7 +75,7 @@ def probe_to_dict(row: ProbeRow, *, detail: bool = False) -> dict[str, Any]:
         "backbone": provenance.get("backbone"),
         "layer": row.layer,
         "classifier": row.classifier,
-        "score_kind": score_kind(row.classifier),
+        "score_kind": SCORE_KIND_OF[row.classifier],
         "classes": list(row.classes),
         "num_classes": len(row.classes),
         "job_id": row.job_id,

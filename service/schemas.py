@@ -1,7 +1,8 @@
 """Request and response models of the HTTP API (pydantic), in one place.
 
 Allowed values come from where they are declared: precision / crop / engine from
-`featurizer.options`, classifier / protocol / score kind from `service.classifier_options`,
+`featurizer.options`, classifier / score kind from `classifiers.options`, protocols from the
+`classifiers.registry`,
 job statuses from `service.state`. Layers and backbones are checked against the loaded models at
 request time (`service.models`), not here: they depend on what the server has loaded.
 """
@@ -12,10 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from classifiers.options import ClassifierKind, ScoreKind
+from classifiers.registry import PROTOCOLS
 from featurizer.options import CropMode, Engine, Precision
-from service.classifier_options import ClassifierKind, ScoreKind, ServiceProtocol
 from service.paths import NAME_PATTERN
 from service.state import JobStatus
+
+# `predefined` needs a split file on the server's disk, which a request must not name.
+ServiceProtocol = Literal[  # type: ignore[valid-type]
+    tuple(name for name, entry in PROTOCOLS.items() if not entry.needs_split_file)
+]
 
 BACKBONE_FIELD = Field(
     None, description="one of the server's backbones (GET /v1/model); default: its default one"

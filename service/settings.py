@@ -19,9 +19,9 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from featurizer.backbones import backbone_names
 from featurizer.images import DEFAULT_MAX_PIXELS
 from featurizer.options import CropMode, Precision
-from service.registry import known_backbones
 
 MiB = 1024 * 1024
 
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _backbones_are_known_and_agree(self) -> Settings:
         served = self.served_backbones
-        known = known_backbones()
+        known = backbone_names()
         unknown = [name for name in served if name not in known]
         if unknown:
             raise ValueError(

@@ -178,8 +178,9 @@ def test_package_reexports_public_api():
     for name in (
         "Featurizer",
         "resolve_weights",
-        "BACKBONES",
-        "LAYER_NAMES",
+        "get_backbone",
+        "backbone_names",
+        "FeatureStore",
         "DecafError",
         "ImageDecodeError",
         "ImageTooLargeError",
@@ -187,7 +188,6 @@ def test_package_reexports_public_api():
         "UnknownLayerError",
         "StoreError",
         "decode_image",
-        "preprocess",
         "load_features",
         "extract_dataset",
     ):

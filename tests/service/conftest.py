@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from featurizer.backbone import LAYER_NAMES
+from featurizer.backbones import get_backbone
 from featurizer.extractor import Featurizer
 from service.app import create_app
 from service.settings import Settings
@@ -31,7 +31,7 @@ def image_bytes() -> list[bytes]:
 # --------------------------------------------------------------------------- model / settings
 @pytest.fixture(scope="session")
 def shared_featurizer() -> Featurizer:
-    return Featurizer(layers=LAYER_NAMES, weights="random")
+    return Featurizer(layers=get_backbone("alexnet").tap_names, weights="random")
 
 
 SettingsFactory = Callable[..., Settings]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from fastapi import Response, status
 
+from featurizer.backbones import get_backbone
 from service.api.deps import JobsDep, ModelsDep, SettingsDep
 from service.api.errors import problem_responses
 from service.api.routing import v1_router
 from service.dataset_store import check_no_conflict, dataset_path
 from service.errors import FeatureUnavailableError
 from service.paths import resolve_data_root
-from service.registry import default_taps
 from service.schemas import ExtractionRequest, JobOut
 from service.tasks import extraction
 
@@ -38,7 +38,7 @@ def create_extraction(
     jobs: JobsDep,
 ) -> dict:
     backbone = models.get(body.backbone).name
-    layers = models.check_taps(backbone, body.layers or default_taps(backbone))
+    layers = models.check_taps(backbone, body.layers or get_backbone(backbone).default_layers)
     root = resolve_data_root(body.root, settings.data_roots)
     out = dataset_path(settings, body.name)
     check_no_conflict(jobs, body.name, out, body.overwrite)

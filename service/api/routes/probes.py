@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from classifiers.options import ClassifierKind
 from featurizer.options import CROP_MODES
 from service.api.deps import (
     JobsDep,
@@ -28,7 +29,6 @@ from service.api.deps import (
 )
 from service.api.errors import problem_responses
 from service.api.routing import v1_router
-from service.classifier_options import ClassifierKind
 from service.errors import MalformedBodyError, UnsupportedMediaTypeError
 from service.predict import predict_uploads
 from service.probe_fits import FORM_FIELDS, dataset_fit_params, fit_few_shot, parse_labels
