@@ -43,16 +43,12 @@ class ProbeLoadError(DecafError):
 
 
 def make_probe(options: dict[str, Any]) -> LinearProbe:
-    """An unfitted probe from a request's options (classifier, C, standardize, ...)."""
-    from classifiers.probe import LinearProbe
+    """An unfitted probe from a request's options; the job's other keys (layer, name, ...) are
+    not estimator parameters and stay out."""
+    from classifiers.probe import PARAMETER_NAMES
+    from classifiers.probe import make_probe as make_estimator
 
-    return LinearProbe(
-        classifier=options.get("classifier", "logreg"),
-        C=options.get("C", "auto"),
-        standardize=bool(options.get("standardize", True)),
-        l2_normalize=bool(options.get("l2_normalize", False)),
-        class_weight=options.get("class_weight"),
-    )
+    return make_estimator({key: options[key] for key in PARAMETER_NAMES if key in options})
 
 
 def fit_metrics(probe: LinearProbe, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:

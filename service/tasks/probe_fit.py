@@ -21,6 +21,7 @@ KIND = "probe_fit"
 
 def run_probe_fit(ctx: JobContext) -> dict[str, Any]:
     """Job handler: fit a probe on `params.dataset`'s `params.layer` and save it."""
+    from classifiers.data import labelled_rows
     from classifiers.persistence import provenance_from_manifest
     from featurizer.store import load_features, read_manifest
 
@@ -35,7 +36,8 @@ def run_probe_fit(ctx: JobContext) -> dict[str, Any]:
     path = dataset_path(ctx.settings, params["dataset"])
     ctx.report({"done": 0, "total": steps, "step": "loading features"}, force=True)
     manifest = read_manifest(path)
-    X, y, paths = labelled(*load_features(path, params["layer"]))
+    rows = labelled_rows(*load_features(path, params["layer"]), source=f"dataset {path.name!r}")
+    X, y, paths = rows.X, rows.y, rows.paths
     if len(set(y)) < 2:
         raise ProbeError(
             f"dataset {params['dataset']!r} has {len(set(y))} labelled class(es); a probe needs "
@@ -69,15 +71,6 @@ def run_probe_fit(ctx: JobContext) -> dict[str, Any]:
     )
     progress = {"done": steps, "total": steps, "step": "done"}
     return {"probe_id": row.id, "probe": probe_to_dict(row), "progress": progress}
-
-
-def labelled(
-    X: np.ndarray, y: np.ndarray, paths: list[str]
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rows with a label (files directly in the root have none and cannot train a probe)."""
-    mask = np.array([label is not None for label in y], dtype=bool)
-    kept_paths = [path for path, keep in zip(paths, mask, strict=True) if keep]
-    return X[mask], y[mask].astype(str), kept_paths
 
 
 def _evaluate(
