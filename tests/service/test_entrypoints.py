@@ -38,14 +38,43 @@ def test_serve_help_does_not_import_the_web_stack() -> None:
     assert not loaded & (web | {"prometheus_client", "httpx"}), loaded & web
 
 
-@pytest.mark.xfail(
-    reason="featurizer/__init__.py and classifiers/__init__.py import torch, scikit-learn and "
-    "pyarrow eagerly; service.commands only imports featurizer.options (lazy package inits "
-    "are their owners' change)",
-    strict=False,
-)
 def test_serve_help_does_not_import_the_model_stack() -> None:
     assert not _top_level_modules_after_help() & {"torch", "sklearn", "pyarrow"}
+
+
+HEAVY = frozenset({"torch", "torchvision", "sklearn", "pyarrow", "numpy", "PIL", "fastapi"})
+
+
+def _imported_top_level_modules(args: list[str]) -> set[str]:
+    """Top-level modules a whole `decaf ARGS` process imports (from -X importtime's report)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "service.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    names = {line.rsplit("|", 1)[-1].strip() for line in lines[1:]}  # [0] is the header
+    return {name for name in names if "." not in name}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["extract", "--help"],
+        ["info", "--help"],
+        ["store", "upgrade", "--help"],
+        ["probe", "eval", "--help"],
+        ["serve", "--help"],
+        ["backbones"],
+        ["backbones", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_help_and_listing_commands_import_no_heavy_package(args: list[str]) -> None:
+    assert not _imported_top_level_modules(args) & HEAVY
 
 
 IMPORT_EVERYTHING = """
