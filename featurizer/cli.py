@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from featurizer.argtypes import comma_list, non_negative_float, non_negative_int, positive_int
@@ -29,25 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_store(sub)
 
 
-class BackboneNames:
-    """argparse ``choices`` read from the backbone registry when first needed.
+def backbone_names() -> list[str]:
+    """The backbones ``--backbone`` accepts: the only place the CLI reads that list."""
+    # TODO(registry): return featurizer.backbones.backbone_names() once the registry lands.
+    from featurizer.weights import BACKBONES
 
-    ``--help`` shows the metavar instead of the choices, so it never imports the registry
-    (and torch with it); parsing a value does.
+    return sorted(BACKBONES)
+
+
+def backbone_name(text: str) -> str:
+    """argparse ``type=`` for ``--backbone``, read from the registry only when parsing.
+
+    Not ``choices=``: argparse's help formatter iterates ``choices`` for every option's help,
+    so ``--help`` would import the registry (and torch with it).
     """
-
-    def names(self) -> list[str]:
-        # TODO(registry): featurizer.backbones.backbone_names() once the registry lands; this
-        # is the only place the CLI reads the list of backbones.
-        from featurizer.weights import BACKBONES
-
-        return sorted(BACKBONES)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
+    names = backbone_names()
+    if text not in names:
+        raise argparse.ArgumentTypeError(
+            f"unknown backbone {text!r}; choose from {', '.join(names)} (see `decaf backbones`)"
+        )
+    return text
 
 
 def _register_extract(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,7 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backbone",
         default=DEFAULT_BACKBONE,
-        choices=BackboneNames(),
+        type=backbone_name,
         metavar="NAME",
         help=f"network to extract from (default {DEFAULT_BACKBONE}; see `decaf backbones`)",
     )
