@@ -12,6 +12,7 @@ Engines produce :class:`Part` objects; the extraction orchestration
 (``FeatureStore.create_or_resume``). ``upgrade_store`` converts a version-1 store in place.
 """
 
+from featurizer.store.layout import clear_store
 from featurizer.store.manifest import (
     ERRORS_NAME,
     FORMAT_VERSION,
@@ -32,7 +33,6 @@ from featurizer.store.parts import Part, PartFooter, read_part_footer
 from featurizer.store.store import (
     FeatureStore,
     StoreInfo,
-    clear_store,
     load_features,
     read_errors,
     read_manifest,

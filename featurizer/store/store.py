@@ -25,7 +25,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,19 @@ import numpy as np
 
 from featurizer.atomic import atomic_write, remove_temp_files
 from featurizer.errors import StoreError
+from featurizer.store.layout import (
+    clear_store,
+    now,
+    read_manifest_of,
+    validated_part,
+    writer_start,
+)
 from featurizer.store.lock import WriterLock
 from featurizer.store.manifest import (
     DAMAGED_HINT,
     ERRORS_NAME,
-    FORMAT_VERSION,
     MANIFEST_NAME,
-    RESUME_KEYS,
     V1_ERRORS_NAME,
-    V1_MANIFEST_NAME,
     ErrorEntry,
     Manifest,
     PartEntry,
@@ -111,7 +114,7 @@ class FeatureStore:
     def open(cls, path: str | Path) -> FeatureStore:
         """Open read-only (format version 1 or 2); no lock, so it works while a run writes."""
         root = Path(path)
-        return cls(root, _read_manifest(root))
+        return cls(root, read_manifest_of(root))
 
     @classmethod
     def create(
@@ -142,7 +145,7 @@ class FeatureStore:
             if overwrite:
                 clear_store(root)
             remove_temp_files(root)
-            manifest = _writer_manifest(root, config, run, mode)
+            manifest = writer_start(root, config, run, mode)
             store = cls(root, manifest, lock=lock)
             store._adopt_parts_on_disk(config, run)
         except BaseException:
@@ -158,7 +161,7 @@ class FeatureStore:
         """
         self._parts = {}
         for path in existing_part_files(self.path):
-            footer = _validated_part(path, config)
+            footer = validated_part(path, config)
             self._parts[footer.index] = _entry(footer)
         self.resumed_parts = len(self._parts)
         if not self.already_complete:
@@ -246,7 +249,7 @@ class FeatureStore:
             self._save(
                 complete=True,
                 classes=tuple(sorted(label for label in counts if label is not None)),
-                finished_at=_now(),
+                finished_at=now(),
             )
         return self._manifest
 
@@ -374,113 +377,7 @@ def read_errors(store: str | Path) -> list[ErrorEntry]:
     return FeatureStore.open(store).errors()
 
 
-def clear_store(store: str | Path) -> None:
-    """Remove every file a store consists of (and only those); the lock file stays."""
-    root = Path(store)
-    if not root.is_dir():
-        return
-    remove_temp_files(root)
-    for part in existing_part_files(root):
-        part.unlink()
-    for name in (MANIFEST_NAME, ERRORS_NAME, V1_MANIFEST_NAME, V1_ERRORS_NAME):
-        (root / name).unlink(missing_ok=True)
-
-
-def remove_v1_leftovers(root: Path) -> list[str]:
-    """Version-1 metadata left beside a version-2 manifest by an interrupted upgrade."""
-    removed = []
-    if (root / MANIFEST_NAME).is_file():
-        for name in (V1_MANIFEST_NAME, V1_ERRORS_NAME):
-            if (root / name).exists():
-                (root / name).unlink()
-                removed.append(name)
-    return removed
-
-
 # ---------------------------------------------------------------------- helpers
-
-
-def read_manifest_file(path: Path) -> Manifest:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StoreError(f"cannot read {path}: {exc}") from exc
-    return Manifest.from_json(text, source=str(path))
-
-
-def _read_manifest(root: Path) -> Manifest:
-    """The manifest of either layout; the version-2 name wins (it is the upgrade's commit)."""
-    if not root.is_dir():
-        raise StoreError(f"feature store not found: {root}")
-    for name, version in ((MANIFEST_NAME, FORMAT_VERSION), (V1_MANIFEST_NAME, 1)):
-        path = root / name
-        if path.is_file():
-            manifest = read_manifest_file(path)
-            if manifest.format_version != version:
-                raise StoreError(
-                    f"{path} says format version {manifest.format_version}, but {name} belongs "
-                    f"to version {version}; {DAMAGED_HINT}"
-                )
-            return manifest
-    raise StoreError(f"{root} is not a feature store (no {MANIFEST_NAME})")
-
-
-def _writer_manifest(root: Path, config: StoreConfig, run: RunInfo, mode: str) -> Manifest:
-    """The manifest a writer starts from: a new one, or the existing one checked against config."""
-    has_v2 = (root / MANIFEST_NAME).is_file()
-    if not has_v2 and (root / V1_MANIFEST_NAME).is_file():
-        raise StoreError(
-            f"{root} is a format-version-1 store, which this decaf only reads: convert it in "
-            f"place with `decaf store upgrade {root}` and rerun (or use --overwrite to start "
-            "afresh)"
-        )
-    if has_v2:
-        if mode == "create":
-            raise StoreError(
-                f"{root} already holds a feature store; resume it, or use --overwrite to replace it"
-            )
-        old = read_manifest_file(root / MANIFEST_NAME)
-        _check_same_config(root, old.config, config)
-        remove_v1_leftovers(root)
-        return old
-    if existing_part_files(root):
-        raise StoreError(
-            f"{root} holds feature-store parts but no {MANIFEST_NAME}; use --overwrite to start "
-            "afresh or choose another --out"
-        )
-    if mode == "resume":
-        raise StoreError(f"nothing to resume: {root} is not a feature store (no {MANIFEST_NAME})")
-    return Manifest.new(config, run, created_at=_now())
-
-
-def _check_same_config(root: Path, old: StoreConfig, new: StoreConfig) -> None:
-    before, now = old.resume_dict(), new.resume_dict()
-    differing = [key for key in RESUME_KEYS if before[key] != now[key]]
-    if differing:
-        details = "; ".join(
-            f"{key}: store has {_short(before[key])}, now {_short(now[key])}" for key in differing
-        )
-        raise StoreError(
-            f"cannot resume {root}: it was made with a different configuration ({details}). "
-            "Use --overwrite to replace it, or choose another --out."
-        )
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _validated_part(path: Path, config: StoreConfig) -> PartFooter:
-    footer = read_part_footer(path)
-    if path.name != part_name(footer.index) or not 0 <= footer.index < config.num_parts:
-        raise StoreError(f"unexpected part {path.name} in {path.parent}; use --overwrite")
-    start, end = config.part_range(footer.index)
-    if footer.config_sha256 != config.sha256() or footer.rows + len(footer.errors) != end - start:
-        raise StoreError(
-            f"{path} was written with a different configuration; use --overwrite to start afresh"
-        )
-    return footer
 
 
 def _part_problems(path: Path, entry: PartEntry, layers: dict[str, int]) -> list[str]:
@@ -507,7 +404,3 @@ def _named_counts(entries: Iterable[PartEntry], store: FeatureStore) -> dict[str
 
 def _entry(footer: PartFooter) -> PartEntry:
     return PartEntry(footer.file, footer.rows, len(footer.errors))
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

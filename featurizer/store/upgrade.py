@@ -24,6 +24,7 @@ from pathlib import Path
 
 from featurizer.atomic import atomic_write, remove_temp_files
 from featurizer.errors import StoreError
+from featurizer.store.layout import read_manifest_file, remove_v1_leftovers
 from featurizer.store.lock import WriterLock
 from featurizer.store.manifest import (
     ERRORS_NAME,
@@ -33,11 +34,7 @@ from featurizer.store.manifest import (
     V1_MANIFEST_NAME,
     Manifest,
 )
-from featurizer.store.store import (
-    FeatureStore,
-    read_manifest_file,
-    remove_v1_leftovers,
-)
+from featurizer.store.store import FeatureStore
 
 
 @dataclass(frozen=True)
