@@ -31,7 +31,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGET_OVERHEAD = 0.25
-WRITER_THREADS = max(1, min(8, os.cpu_count() or 1))  # as featurizer.distributed.WRITER_THREADS
 ACTOR_TITLE = "FeaturizerActor"  # Ray names actor processes after the callable class
 DECODE_TITLE = "decode_batch"  # ... and task workers after the function they are running
 
@@ -127,7 +126,8 @@ def driver_write_rate(threads: int, parts: int = 4, rows: int = 1024) -> float:
     """rows/s the driver writes as Parquet parts (decaf6 + decaf7, ReLU-sparse) on ``threads``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from featurizer import store as fstore
+    from featurizer.store import Part
+    from featurizer.store.parts import write_part_file
 
     rng = np.random.default_rng(0)
     dims = {"decaf6": 4096, "decaf7": 4096}
@@ -139,16 +139,8 @@ def driver_write_rate(threads: int, parts: int = 4, rows: int = 1024) -> float:
     with tempfile.TemporaryDirectory() as out:
 
         def write(index: int) -> None:
-            fstore.write_part(
-                out,
-                index,
-                paths=paths,
-                labels=labels,
-                features=features,
-                layer_dims=dims,
-                errors=[],
-                config_sha256="bench",
-            )
+            part = Part(index, paths=paths, labels=labels, features=features, errors=[])
+            write_part_file(Path(out), part, layers=dims, config_sha256="bench")
 
         start = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
@@ -212,8 +204,8 @@ def ray_rows(
     """The local engine, then Ray on this machine, on the same folder; best of ``repeats``."""
     import ray
 
-    from featurizer.batch import extract_dataset
-    from featurizer.distributed import connect, extract_dataset_ray
+    from featurizer.engines.ray import connect
+    from featurizer.extraction import extract_dataset
 
     tiny = subset_folder(root, work / "tiny", 4)
     options = {"weights": weights, "batch_size": batch_size, "part_size": 256, "overwrite": True}
@@ -222,7 +214,7 @@ def ray_rows(
         return extract_dataset(folder, work / "local", workers=workers, **options)
 
     def remote(folder: Path) -> Any:
-        return extract_dataset_ray(folder, work / "ray", **options)
+        return extract_dataset(folder, work / "ray", engine="ray", **options)
 
     # Local runs first: its DataLoader forks workers, which should not inherit Ray's threads.
     local_runs = (
@@ -246,7 +238,7 @@ def ray_rows(
     finally:
         if started:
             ray.shutdown()
-    plan = remote_runs[1][0].manifest.get("ray", {})
+    plan = remote_runs[1][0].manifest.ray or {}
     rows = [
         _engine_row("local", *local_runs),
         _engine_row(f"ray local ({plan.get('actors')} actor)", *remote_runs),
@@ -294,12 +286,13 @@ def print_report(report: dict[str, Any], extra: dict[str, float]) -> None:
     print(f"decode+preprocess per CPU core: {extra['decode_ips']:.1f} img/s")
     print(
         f"driver Parquet writing (decaf6+7): {extra['write_1']:.0f} rows/s on 1 thread, "
-        f"{extra['write_n']:.0f} rows/s on {WRITER_THREADS} threads"
+        f"{extra['write_n']:.0f} rows/s on {extra['writer_threads']:.0f} threads"
     )
     print(
         "scaling: N GPU workers with C cores each ~ N x min(GPU forward rate, C x "
         f"{extra['decode_ips']:.0f} img/s decode), up to the driver's Parquet writing "
-        f"(~{extra['write_1']:.0f} rows/s per writer thread, {WRITER_THREADS} threads here)."
+        f"(~{extra['write_1']:.0f} rows/s per writer thread, {extra['writer_threads']:.0f} "
+        "threads here)."
     )
     print(f"same rows and errors from both engines: {report['same_rows']}")
 
@@ -315,14 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     images = args.images or (96 if args.quick else 512)
     repeats = args.repeats or (1 if args.quick else 2)
+    from featurizer.engines.ray import driver_writer_threads
+
+    writer_threads = driver_writer_threads()  # what the Ray engine's driver uses
     work = Path(tempfile.mkdtemp(prefix="decaf-bench-ray-"))
     try:
         root = make_folder(work / "images", images)
         extra = {
             "batch": args.batch_size,
+            "writer_threads": writer_threads,
             "decode_ips": decode_rate_per_core(root, 1.0 if args.quick else 5.0),
             "write_1": driver_write_rate(1),
-            "write_n": driver_write_rate(WRITER_THREADS),
+            "write_n": driver_write_rate(writer_threads),
             "model_ips": model_rate(
                 args.weights, args.batch_size, os.cpu_count() or 1, 1 if args.quick else 3
             ),

@@ -5,7 +5,7 @@ Builds an image folder of small (~500x375) and large (~2500x1700) JPEGs, then me
   (a) naive   torchvision ImageFolder + Resize/CenterCrop/ToTensor/Normalize + DataLoader
               (num_workers=2, batch_size=64) + AlexNet forward under no_grad
   (b) model   Featurizer.forward alone on preloaded uint8 batches (batch 64, fp32 unless stated)
-  (c) decaf   featurizer.batch.extract_dataset end to end (decode workers + model + Parquet
+  (c) decaf   featurizer.extraction.extract_dataset end to end (decode workers + model + Parquet
               writes), per precision and per worker count; the model is built once beforehand
               (weights loading is a constant start-up cost, not throughput)
 
@@ -152,7 +152,7 @@ def measure_model_alone(fz, count: int, batch_size: int, repeats: int) -> float:
 
 
 def measure_extract(fz, root: Path, out: Path, batch_size: int, workers: int) -> float:
-    from featurizer.batch import extract_dataset
+    from featurizer.extraction import extract_dataset
 
     start = time.perf_counter()
     extract_dataset(
@@ -167,7 +167,7 @@ def peak_rss_mib(root: Path, out: Path, args: argparse.Namespace) -> dict[str, f
     """Run one extraction in a fresh process; its own and its largest worker's peak RSS."""
     code = (
         "import json, resource, warnings, sys; warnings.simplefilter('ignore');"
-        "from featurizer.batch import extract_dataset;"
+        "from featurizer.extraction import extract_dataset;"
         f"extract_dataset({str(root)!r}, {str(out)!r}, weights={args.weights!r},"
         f" batch_size={args.batch_size}, workers={args.rss_workers}, overwrite=True);"
         "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"

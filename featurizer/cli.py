@@ -1,7 +1,7 @@
-"""`decaf extract` and `decaf info`: batch extraction into a feature store, and its summary.
+"""`decaf extract`, `decaf info` and `decaf store upgrade`: feature stores from the shell.
 
-Heavy modules (torch, the model) are imported inside the handlers so `decaf --help` stays fast.
-Progress goes to stderr; `--json` prints machine-readable output to stdout.
+Heavy modules (torch, pyarrow, the model) are imported inside the handlers so `--help` stays
+fast. Progress goes to stderr; `--json` prints machine-readable output to stdout.
 """
 
 from __future__ import annotations
@@ -9,54 +9,91 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from featurizer.argtypes import comma_list, non_negative_float, non_negative_int, positive_int
 from featurizer.errors import DecafError
+from featurizer.options import CROP_MODES, ENGINES, PRECISIONS
 
-DEFAULT_LAYERS = "decaf6,decaf7"
+if TYPE_CHECKING:
+    from featurizer.extraction import ExtractionProgress
+    from featurizer.store import StoreInfo
+
+DEFAULT_BACKBONE = "alexnet"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_extract(sub)
     _register_info(sub)
+    _register_store(sub)
+
+
+def backbone_names() -> list[str]:
+    """The backbones ``--backbone`` accepts: the only place the CLI reads that list."""
+    # TODO(registry): return featurizer.backbones.backbone_names() once the registry lands.
+    from featurizer.weights import BACKBONES
+
+    return sorted(BACKBONES)
+
+
+def backbone_name(text: str) -> str:
+    """argparse ``type=`` for ``--backbone``, read from the registry only when parsing.
+
+    Not ``choices=``: argparse's help formatter iterates ``choices`` for every option's help,
+    so ``--help`` would import the registry (and torch with it).
+    """
+    names = backbone_names()
+    if text not in names:
+        raise argparse.ArgumentTypeError(
+            f"unknown backbone {text!r}; choose from {', '.join(names)} (see `decaf backbones`)"
+        )
+    return text
 
 
 def _register_extract(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "extract",
-        help="extract DeCAF features of an image folder into a feature store",
+        help="extract features of an image folder into a feature store",
         description="Extract features of every file below ROOT (ImageFolder layout: class = "
         "first-level sub-folder; files directly in ROOT are unlabeled) into the Parquet store "
-        "OUT. Unreadable files are skipped and listed in OUT/errors.jsonl. Rerunning the same "
+        "OUT. Unreadable files are skipped and listed in OUT/_errors.jsonl. Rerunning the same "
         "command on an interrupted store resumes it.",
     )
     parser.add_argument("root", metavar="ROOT", help="image folder")
     parser.add_argument("--out", "-o", required=True, metavar="STORE", help="store directory")
     parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        type=backbone_name,
+        metavar="NAME",
+        help=f"network to extract from (default {DEFAULT_BACKBONE}; see `decaf backbones`)",
+    )
+    parser.add_argument(
         "--layers",
-        default=DEFAULT_LAYERS,
-        help=f"comma-separated layer taps (default {DEFAULT_LAYERS}); "
-        "decaf5, decaf6_pre, decaf6, decaf7_pre, decaf7, logits",
+        type=comma_list,
+        default=None,
+        help="comma-separated layer taps (default: the backbone's default taps; "
+        "see `decaf backbones` for each backbone's taps)",
     )
     parser.add_argument(
         "--weights",
         default="imagenet",
         help="imagenet (torchvision cache), a .pth file, or random (tests only)",
     )
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"])
-    parser.add_argument("--crop", default="center", choices=["center", "tencrop"])
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--crop", default="center", choices=CROP_MODES)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         help="decode worker processes (default: half the cores, min 2; all but one with a "
-        "GPU; 0 = decode in the main process)",
+        "GPU; 0 = decode in the main process); with --engine ray: cap on decode tasks",
     )
     parser.add_argument(
         "--part-size",
-        type=_positive_int,
+        type=positive_int,
         default=1024,
         help="rows per Parquet part (also the resume granularity)",
     )
@@ -65,7 +102,7 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--engine",
-        choices=["local", "ray"],
+        choices=ENGINES,
         default="local",
         help="local (this machine) or ray (a Ray cluster, needs the ray extra)",
     )
@@ -78,13 +115,13 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--num-gpus-per-worker",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="with --engine ray: GPUs per model actor (default: 1 if the cluster has GPUs, else 0)",
     )
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="with --engine ray: model actors (default: one per GPU, or one per CPU node)",
     )
@@ -95,61 +132,59 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
 
 def _register_info(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "info", help="summarise a feature store", description="Show what a feature store holds."
+        "info",
+        help="summarise a feature store",
+        description="Show what a feature store holds, and check every part against the "
+        "manifest (rows, layer dimensions) from the Parquet footers. Exit status 1 if the "
+        "store is damaged.",
     )
     parser.add_argument("store", metavar="STORE")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run_info)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _parse_layers(text: str) -> tuple[str, ...]:
-    layers = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not layers:
-        raise DecafError("--layers is empty; e.g. --layers decaf6,decaf7")
-    return layers
+def _register_store(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "store", help="maintain feature stores", description="Maintain feature stores."
+    )
+    commands = parser.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    upgrade = commands.add_parser(
+        "upgrade",
+        help="convert a store to the current format, in place",
+        description="Convert a format-version-1 store (manifest.json, errors.jsonl) to version "
+        "2 (_manifest.json, _errors.jsonl: Parquet readers then take the directory itself). "
+        "Parts are kept; an interrupted upgrade leaves a valid store, and rerunning finishes it.",
+    )
+    upgrade.add_argument("store", metavar="STORE")
+    upgrade.add_argument("--json", action="store_true", help="print the result as JSON")
+    upgrade.set_defaults(func=run_store_upgrade)
 
 
 # --------------------------------------------------------------------------- extract
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    options = {
-        "layers": _parse_layers(args.layers),
-        "weights": args.weights,
-        "precision": args.precision,
-        "crop": args.crop,
-        "device": args.device,
-        "batch_size": args.batch_size,
-        "part_size": args.part_size,
-        "overwrite": args.overwrite,
-        "workers": args.workers,  # None: the engine picks (featurizer.batch.default_workers)
-    }
-    with _ProgressBar(enabled=not args.no_progress) as bar:
-        if args.engine == "ray":
-            ray_options = {
-                "address": args.ray_address,
-                "num_gpus_per_worker": args.num_gpus_per_worker,
-                "concurrency": args.concurrency,
-            }
-            result = _extract_with_ray(args.root, args.out, {**options, **ray_options}, bar)
-        else:
-            from featurizer.batch import extract_dataset
+    from featurizer.extraction import extract_dataset
+    from featurizer.store import ERRORS_NAME
 
-            result = extract_dataset(args.root, args.out, progress=bar.update, **options)
+    with _ProgressBar(enabled=not args.no_progress) as bar:
+        result = extract_dataset(
+            args.root,
+            args.out,
+            backbone=args.backbone,
+            layers=args.layers,
+            weights=args.weights,
+            precision=args.precision,
+            crop=args.crop,
+            device=args.device,
+            batch_size=args.batch_size,
+            part_size=args.part_size,
+            overwrite=args.overwrite,
+            workers=args.workers,  # None: the engine decides
+            engine=args.engine,
+            ray=_ray_options(args),
+            progress=bar.update,
+        )
     summary = {
         "store": str(result.store),
         "num_images": result.num_images,
@@ -164,16 +199,28 @@ def run_extract(args: argparse.Namespace) -> int:
         print(
             f"{result.num_images} images -> {result.store} in {result.seconds:.1f} s "
             f"({rate:.1f} images/s overall), {result.num_errors} unreadable "
-            f"(see errors.jsonl), {result.resumed_parts} part(s) resumed"
+            f"(see {ERRORS_NAME}), {result.resumed_parts} part(s) resumed"
         )
     return 0
 
 
-def _extract_with_ray(root: str, out: str, options: dict[str, Any], bar: _ProgressBar) -> Any:
-    # distributed.py imports ray lazily and raises EngineUnavailableError (a DecafError) itself.
-    from featurizer.distributed import extract_dataset_ray
+def _ray_options(args: argparse.Namespace) -> Any:
+    given = [
+        flag
+        for flag, value in (
+            ("--address", args.ray_address),
+            ("--num-gpus-per-worker", args.num_gpus_per_worker),
+            ("--concurrency", args.concurrency),
+        )
+        if value is not None
+    ]
+    if args.engine != "ray":
+        if given:
+            raise DecafError(f"{', '.join(given)} only apply with --engine ray")
+        return None
+    from featurizer.engines.ray import RayOptions
 
-    return extract_dataset_ray(root, out, progress=bar.update, **options)
+    return RayOptions(args.ray_address, args.num_gpus_per_worker, args.concurrency)
 
 
 class _ProgressBar:
@@ -190,7 +237,7 @@ class _ProgressBar:
         if self._bar is not None:
             self._bar.close()
 
-    def update(self, progress: Any) -> None:
+    def update(self, progress: ExtractionProgress) -> None:
         if not self.enabled:
             return
         if self._bar is None:
@@ -213,47 +260,60 @@ class _ProgressBar:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from featurizer.store import store_info
+    from featurizer.store import FeatureStore
 
-    info = store_info(args.store)
+    info = FeatureStore.open(args.store).info()
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False))
+        print(json.dumps(info.to_dict(), indent=2, sort_keys=True, ensure_ascii=False))
     else:
         print(format_info(info))
-    return 0
+    return 1 if info.problems else 0
 
 
-def format_info(info: dict[str, Any]) -> str:
-    """Human-readable summary of ``store_info``."""
-    manifest = info["manifest"]
-    status = "complete" if info["complete"] else "INCOMPLETE (rerun `decaf extract` to resume)"
-    layers = ", ".join(f"{name} ({dim})" for name, dim in manifest.get("layers", {}).items())
-    preprocessing = manifest.get("preprocessing", {})
+def format_info(info: StoreInfo) -> str:
+    """Human-readable summary of a store's :class:`~featurizer.store.StoreInfo`."""
+    manifest = info.manifest
+    layers = ", ".join(f"{name} ({dim})" for name, dim in manifest.layers.items())
+    sha = f" (sha256 {manifest.weights_sha256[:12]})" if manifest.weights_sha256 else ""
     lines = [
-        f"store:        {info['store']}",
-        f"status:       {status}",
-        f"images:       {info['num_images']}",
-        f"errors:       {info['num_errors']}"
-        + (" (see errors.jsonl)" if info["num_errors"] else ""),
-        f"layers:       {layers}",
-        f"backbone:     {manifest.get('backbone')}  weights: {manifest.get('weights_id')}"
+        f"store:        {info.path.resolve()}",
+        f"status:       {_status(info)}",
+        f"format:       version {manifest.format_version}"
         + (
-            f" (sha256 {str(manifest['weights_sha256'])[:12]})"
-            if manifest.get("weights_sha256")
+            f" (read-only: `decaf store upgrade {info.path}` converts it)"
+            if manifest.format_version < 2
             else ""
         ),
-        f"precision:    {manifest.get('precision')}  dtype: {manifest.get('dtype')}",
-        f"preprocess:   {_compact(preprocessing)}",
-        f"source:       {manifest.get('source_root')}",
-        f"created:      {manifest.get('created_at')}  finished: {manifest.get('finished_at')}",
-        f"parts:        {len(manifest.get('parts', []))} x up to {manifest.get('part_size')} rows",
-        f"disk size:    {_human_bytes(info['disk_bytes'])}",
+        f"images:       {manifest.num_images}",
+        f"errors:       {manifest.num_errors}"
+        + (f" (see {info.errors_file})" if manifest.num_errors else ""),
+        f"layers:       {layers}",
+        f"backbone:     {manifest.backbone}  weights: {manifest.weights_id}{sha}",
+        f"precision:    {manifest.precision}  dtype: {manifest.dtype}",
+        f"preprocess:   {_compact(manifest.preprocessing)}",
+        f"engine:       {manifest.engine}  device: {manifest.device}",
+        f"source:       {manifest.source_root}",
+        f"created:      {manifest.created_at}  finished: {manifest.finished_at}",
+        f"parts:        {len(manifest.parts)} x up to {manifest.part_size} rows",
+        f"disk size:    {_human_bytes(info.disk_bytes)}",
     ]
-    counts = info["class_counts"]
+    lines += [f"problem:      {problem}" for problem in info.problems]
+    counts = info.class_counts
     lines.append(f"classes:      {len([c for c in counts if c != '<none>'])}")
     width = max((len(name) for name in counts), default=0)
     lines += [f"  {name:<{width}}  {count}" for name, count in counts.items()]
     return "\n".join(lines)
+
+
+def _status(info: StoreInfo) -> str:
+    if info.problems:
+        return (
+            f"DAMAGED ({len(info.problems)} problem(s) below): re-extract it with "
+            "`decaf extract ... --overwrite`"
+        )
+    if not info.complete:
+        return "INCOMPLETE (rerun `decaf extract` to resume)"
+    return "complete"
 
 
 def _compact(mapping: dict[str, Any]) -> str:
@@ -269,6 +329,37 @@ def _human_bytes(size: int) -> str:
     return f"{value:.1f} TiB"
 
 
+# --------------------------------------------------------------------------- store upgrade
+
+
+def run_store_upgrade(args: argparse.Namespace) -> int:
+    from featurizer.store import upgrade_store
+
+    result = upgrade_store(args.store)
+    if args.json:
+        summary = {
+            "store": str(result.path),
+            "from_version": result.from_version,
+            "to_version": result.to_version,
+            "removed": list(result.removed),
+            "changed": result.changed,
+        }
+        print(json.dumps(summary, indent=2))
+    elif result.from_version != result.to_version:
+        print(
+            f"upgraded {result.path} from format version {result.from_version} to "
+            f"{result.to_version}"
+        )
+    elif result.removed:
+        print(
+            f"{result.path} is at format version {result.to_version}; removed "
+            f"{', '.join(result.removed)} left by an interrupted upgrade"
+        )
+    else:
+        print(f"{result.path} is already at format version {result.to_version}: nothing to do")
+    return 0
+
+
 def _build_standalone_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m featurizer.cli")
     register(parser.add_subparsers(dest="command", required=True))
@@ -276,7 +367,7 @@ def _build_standalone_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m featurizer.cli extract|info ...`: the same commands without the service."""
+    """`python -m featurizer.cli extract|info|store ...`: the same commands without the service."""
     args = _build_standalone_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

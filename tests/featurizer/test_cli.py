@@ -1,4 +1,7 @@
-"""`decaf extract` / `decaf info`, including a real process killed mid-extraction and resumed."""
+"""`decaf extract` / `decaf info`, including a real process killed mid-extraction and resumed.
+
+(`decaf store upgrade` and `decaf info` on damaged stores: tests/featurizer/test_store*.py.)
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,21 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
 
+import featurizer.extraction
 from featurizer import cli as fcli
-from featurizer import store as fstore
-from featurizer.batch import ExtractionResult
-from tests.featurizer.test_batch import BAD_FILES, build_dataset
+from featurizer.extraction import ExtractionResult
+from featurizer.store import ERRORS_NAME, MANIFEST_NAME, FeatureStore, part_name, read_errors
+from tests.featurizer.test_batch import BAD_FILES, build_dataset, part_files
 
 REPO = Path(__file__).resolve().parents[2]
 # The real entry point (`decaf` = service.cli:main) run as a separate Python process.
 DECAF = [sys.executable, "-m", "service.cli"]
-SMALL = ["--weights", "random", "--batch-size", "4", "--part-size", "4", "--workers", "1"]
+SMALL = ["--weights", "random", "--batch-size", "4", "--part-size", "4", "--workers", "1",
+         "--backbone", "alexnet"]  # fmt: skip
 TIMESTAMPS = ("created_at", "finished_at")
 
 
@@ -71,7 +75,7 @@ def _kill_after_first_part(root: Path, out: Path, log: Path) -> int:
         )
         deadline = time.monotonic() + 180
         try:
-            while not (out / fstore.part_name(0)).exists():
+            while not (out / part_name(0)).exists():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"extract ended/hung before a part appeared:\n{log.read_text()}")
                 time.sleep(0.005)
@@ -92,9 +96,9 @@ def test_killed_extraction_resumes_to_the_same_store(
     out = tmp_path / "killed"
     returncode = _kill_after_first_part(root, out, tmp_path / "stderr.log")
     assert returncode == -signal.SIGKILL
-    written = fstore.existing_part_files(out)
+    written = part_files(out)
     assert 1 <= len(written) < 8, "the kill must land mid-run"
-    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    assert json.loads((out / MANIFEST_NAME).read_text())["complete"] is False
 
     resumed = subprocess.run(
         [*DECAF, "extract", str(root), "--out", str(out), *SMALL, "--json", "--no-progress"],
@@ -104,13 +108,13 @@ def test_killed_extraction_resumes_to_the_same_store(
     summary = json.loads(resumed.stdout)
     assert summary["resumed_parts"] >= len(written) and summary["num_images"] == len(good)
 
-    clean_parts = fstore.existing_part_files(clean)
-    assert [p.name for p in fstore.existing_part_files(out)] == [p.name for p in clean_parts]
+    clean_parts = part_files(clean)
+    assert [p.name for p in part_files(out)] == [p.name for p in clean_parts]
     for part in clean_parts:
         assert (out / part.name).read_bytes() == part.read_bytes(), part.name
-    assert (out / "errors.jsonl").read_bytes() == (clean / "errors.jsonl").read_bytes()
-    assert [e["path"] for e in fstore.read_errors(out)] == sorted(BAD_FILES)
-    manifests = [json.loads((s / "manifest.json").read_text()) for s in (out, clean)]
+    assert (out / ERRORS_NAME).read_bytes() == (clean / ERRORS_NAME).read_bytes()
+    assert [e["path"] for e in read_errors(out)] == sorted(BAD_FILES)
+    manifests = [json.loads((s / MANIFEST_NAME).read_text()) for s in (out, clean)]
     for manifest in manifests:
         for key in TIMESTAMPS:
             assert manifest.pop(key)
@@ -125,9 +129,10 @@ def test_info_text_summary(
     assert fcli.main(["info", str(clean_store[0])]) == 0
     text = capsys.readouterr().out
     assert "status:       complete" in text
-    assert "images:       26" in text and "errors:       3 (see errors.jsonl)" in text
+    assert "images:       26" in text and "errors:       3 (see _errors.jsonl)" in text
     assert "layers:       decaf6 (4096), decaf7 (4096)" in text
     assert "weights: random" in text and "precision:    fp32" in text
+    assert "backbone:     alexnet" in text and "format:       version 2" in text
     assert "classes:      3" in text
     # per-class counts: 8 per class + the CMYK file in b, 1 unlabeled (bad files excluded)
     assert [line.split() for line in text.splitlines()[-4:]] == [
@@ -142,7 +147,9 @@ def test_info_json(clean_store: tuple[Path, str], capsys: pytest.CaptureFixture[
     assert info["complete"] is True and info["num_images"] == 26 and info["num_errors"] == 3
     assert info["class_counts"] == {"<none>": 1, "a": 8, "b": 9, "c": 8}
     assert info["manifest"]["layers"] == {"decaf6": 4096, "decaf7": 4096}
-    assert info["disk_bytes"] > 0
+    assert info["manifest"]["backbone"] == "alexnet" and info["manifest"]["engine"] == "local"
+    assert info["disk_bytes"] > 0 and info["problems"] == []
+    assert FeatureStore.open(clean_store[0]).manifest.to_dict() == info["manifest"]
 
 
 def test_info_on_missing_store_is_a_clean_error(
@@ -166,22 +173,73 @@ def test_extract_unknown_layer_is_a_clean_error(
 def test_ray_engine_receives_the_cli_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from featurizer.engines.ray import RayOptions
+
     calls: list[tuple[tuple, dict]] = []
 
-    def fake_ray(*args: object, **kwargs: object) -> ExtractionResult:
+    def fake_extract(*args: object, **kwargs: object) -> ExtractionResult:
         calls.append((args, kwargs))
-        return ExtractionResult(tmp_path / "s", 5, 1, 0.5, 0, {})
+        return ExtractionResult(tmp_path / "s", 5, 1, 0.5, 0, None)  # type: ignore[arg-type]
 
-    module = types.ModuleType("featurizer.distributed")
-    module.extract_dataset_ray = fake_ray  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "featurizer.distributed", module)
+    monkeypatch.setattr(featurizer.extraction, "extract_dataset", fake_extract)
     argv = ["extract", "imgs", "--out", "s", "--engine", "ray", "--address", "head:6379",
-            "--num-gpus-per-worker", "0.5", "--concurrency", "3",
+            "--num-gpus-per-worker", "0.5", "--concurrency", "3", "--backbone", "alexnet",
             "--layers", "decaf5", "--precision", "bf16", "--json", "--no-progress"]  # fmt: skip
     assert fcli.main(argv) == 0
     ((args, kwargs),) = calls
     assert args == ("imgs", "s")
-    assert kwargs["address"] == "head:6379" and kwargs["layers"] == ("decaf5",)
-    assert kwargs["num_gpus_per_worker"] == 0.5 and kwargs["concurrency"] == 3
+    assert kwargs["engine"] == "ray" and kwargs["layers"] == ("decaf5",)
+    assert kwargs["ray"] == RayOptions("head:6379", num_gpus_per_worker=0.5, concurrency=3)
     assert kwargs["precision"] == "bf16" and kwargs["batch_size"] == 64
+    assert kwargs["backbone"] == "alexnet" and kwargs["workers"] is None
     assert json.loads(capsys.readouterr().out)["num_images"] == 5
+
+    calls.clear()
+    assert fcli.main(["extract", "imgs", "--out", "s", "--no-progress"]) == 0
+    ((_, kwargs),) = calls
+    assert kwargs["layers"] is None, "default: the backbone's default taps"
+    assert kwargs["engine"] == "local" and kwargs["ray"] is None
+
+
+def test_ray_options_without_the_ray_engine_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert fcli.main(["extract", "imgs", "--out", "s", "--concurrency", "2"]) == 2
+    assert "--concurrency only apply with --engine ray" in capsys.readouterr().err
+
+
+def test_unknown_backbone_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        fcli.main(["extract", "imgs", "--out", "s", "--backbone", "lenet"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --backbone: unknown backbone 'lenet'; choose from alexnet" in error
+
+
+def test_help_imports_no_heavy_module() -> None:
+    """`--help` of extract/info/store upgrade loads neither torch, pyarrow nor sklearn.
+
+    The `featurizer` package is stubbed so only featurizer/cli.py and what it imports run
+    (featurizer/__init__.py imports the model eagerly, for `from featurizer import Featurizer`).
+    """
+    script = (
+        "import json, sys, types\n"
+        "package = types.ModuleType('featurizer')\n"
+        "package.__path__ = [sys.argv[1]]\n"
+        "sys.modules['featurizer'] = package\n"
+        "from featurizer import cli\n"
+        "for argv in (['extract', '-h'], ['info', '-h'], ['store', 'upgrade', '-h']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'pyarrow', 'sklearn', 'numpy') if m in sys.modules]\n"
+        "print(json.dumps(heavy), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(REPO / "featurizer")],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=60, check=True,
+    )  # fmt: skip
+    assert "--backbone NAME" in done.stdout and "see `decaf backbones`" in done.stdout
+    assert "decaf6" not in done.stdout, "layer help must not hard-code AlexNet's taps"
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == []

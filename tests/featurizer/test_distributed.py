@@ -18,15 +18,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurizer import store as fstore
-from featurizer.batch import _PartBuffer
-from featurizer.dataset import CollatedBatch
-from featurizer.distributed import (
+from featurizer.dataset import CollatedBatch, ImageRecord
+from featurizer.engines.base import PartPlan
+from featurizer.engines.ray import (
     INSTALL_HINT,
     EngineUnavailableError,
     plan_cluster,
-    sorted_buffer,
+    regroup_parts,
     split_by_part,
+)
+from featurizer.errors import DecafError
+from featurizer.extraction import ExtractionCancelled, extract_dataset
+from featurizer.store import (
+    ERRORS_NAME,
+    MANIFEST_NAME,
+    FeatureStore,
+    load_features,
+    read_errors,
+    read_part_footer,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,25 +133,27 @@ def stores(image_folder: Path, ray_local, tmp_path_factory: pytest.TempPathFacto
 def test_ray_store_equals_local_store(stores: tuple[Path, Path]) -> None:
     local, ray = stores
     for layer in LAYERS:
-        x_local, y_local, paths_local = fstore.load_features(local, layer)
-        x_ray, y_ray, paths_ray = fstore.load_features(ray, layer)
+        x_local, y_local, paths_local = load_features(local, layer)
+        x_ray, y_ray, paths_ray = load_features(ray, layer)
         assert paths_ray == paths_local
         assert len(paths_ray) == 24 and not set(BAD) & set(paths_ray)
         assert list(y_ray) == list(y_local)
         assert x_ray.shape == x_local.shape == (24, 4096)
         np.testing.assert_allclose(x_ray, x_local, rtol=1e-5, atol=1e-5)
         assert np.abs(x_ray).max() > 0  # real activations, not placeholders
-    assert fstore.read_errors(ray) == fstore.read_errors(local)
-    assert sorted(e["path"] for e in fstore.read_errors(ray)) == sorted(BAD)
-    assert (ray / fstore.ERRORS_NAME).read_bytes() == (local / fstore.ERRORS_NAME).read_bytes()
+    assert read_errors(ray) == read_errors(local)
+    assert sorted(e["path"] for e in read_errors(ray)) == sorted(BAD)
+    assert (ray / ERRORS_NAME).read_bytes() == (local / ERRORS_NAME).read_bytes()
 
 
 @pytest.mark.ray
 def test_ray_store_has_same_parts_and_manifest(stores: tuple[Path, Path]) -> None:
     local, ray = stores
-    m_local, m_ray = fstore.read_manifest(local), fstore.read_manifest(ray)
-    assert m_ray["engine"] == "ray"
+    m_local = FeatureStore.open(local).manifest.to_dict()
+    m_ray = FeatureStore.open(ray).manifest.to_dict()
+    assert m_ray["engine"] == "ray" and m_local["engine"] == "local"
     assert m_ray["complete"] is True
+    assert m_ray["ray"]["actors"] == 1 and m_ray["ray"]["address"] == "local"
     # Part k covers the same files in both stores (so the parts are interchangeable).
     assert m_ray["parts"] == m_local["parts"]
     assert len(m_ray["parts"]) == 3
@@ -157,13 +168,23 @@ def test_ray_store_has_same_parts_and_manifest(stores: tuple[Path, Path]) -> Non
         "part_size",
         "files",
         "format_version",
+        "backbone",
     ):
         assert m_ray[key] == m_local[key], key
     for part in m_ray["parts"]:
-        info_ray = fstore.read_part_info(ray / part["file"])
-        info_local = fstore.read_part_info(local / part["file"])
-        assert info_ray["errors"] == info_local["errors"]
-        assert info_ray["config_sha256"] == info_local["config_sha256"]
+        info_ray = read_part_footer(ray / part["file"])
+        info_local = read_part_footer(local / part["file"])
+        assert info_ray.errors == info_local.errors
+        assert info_ray.config_sha256 == info_local.config_sha256
+
+
+@pytest.mark.ray
+def test_ray_data_reads_the_store_directory(stores: tuple[Path, Path], ray_local) -> None:
+    """No glob: Ray Data skips _manifest.json, _errors.jsonl and _lock like other readers."""
+    _, ray_store = stores
+    rows = ray_local.data.read_parquet(str(ray_store)).select_columns(["path"]).take_all()
+    _, _, paths = load_features(ray_store, "decaf6")
+    assert sorted(row["path"] for row in rows) == sorted(paths)
 
 
 @pytest.mark.ray
@@ -171,28 +192,32 @@ def test_ray_resumes_a_partial_store(
     stores: tuple[Path, Path], image_folder: Path, tmp_path: Path
 ) -> None:
     """A store missing a part (interrupted run) is completed by the ray engine, only that part."""
-    from featurizer.distributed import extract_dataset_ray
-
     _, ray = stores
     partial = tmp_path / "partial"
     partial.mkdir()
     for entry in ray.iterdir():
         (partial / entry.name).write_bytes(entry.read_bytes())
     (partial / "part-00001.parquet").unlink()
-    manifest = json.loads((partial / fstore.MANIFEST_NAME).read_text())
+    manifest = json.loads((partial / MANIFEST_NAME).read_text())
     manifest["complete"] = False
-    (partial / fstore.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (partial / MANIFEST_NAME).write_text(json.dumps(manifest))
 
-    result = extract_dataset_ray(
-        image_folder, partial, layers=LAYERS, weights="random", batch_size=8, part_size=10
+    result = extract_dataset(
+        image_folder,
+        partial,
+        engine="ray",
+        layers=LAYERS,
+        weights="random",
+        batch_size=8,
+        part_size=10,
     )
     assert result.resumed_parts == 2
     for layer in LAYERS:
-        x_full, _, paths_full = fstore.load_features(ray, layer)
-        x_resumed, _, paths_resumed = fstore.load_features(partial, layer)
+        x_full, _, paths_full = load_features(ray, layer)
+        x_resumed, _, paths_resumed = load_features(partial, layer)
         assert paths_resumed == paths_full
         np.testing.assert_allclose(x_resumed, x_full, rtol=1e-5, atol=1e-5)
-    assert fstore.read_errors(partial) == fstore.read_errors(ray)
+    assert read_errors(partial) == read_errors(ray)
 
 
 @pytest.mark.ray
@@ -200,14 +225,12 @@ def test_should_stop_cancels_cleanly_and_reports_progress(
     image_folder: Path, ray_local, tmp_path: Path
 ) -> None:
     """The service's cancel hook: stop after the first results, keep a resumable store."""
-    from featurizer.batch import ExtractionCancelled
-    from featurizer.distributed import extract_dataset_ray
-
     seen = []
     with pytest.raises(ExtractionCancelled, match="resumes"):
-        extract_dataset_ray(
+        extract_dataset(
             image_folder,
             tmp_path / "s",
+            engine="ray",
             layers=LAYERS,
             weights="random",
             batch_size=8,
@@ -216,8 +239,7 @@ def test_should_stop_cancels_cleanly_and_reports_progress(
             should_stop=lambda: True,
         )
     assert seen[0].done == 0 and seen[-1].done > 0 and seen[-1].total == 26
-    manifest = fstore.read_manifest(tmp_path / "s")
-    assert manifest["complete"] is False
+    assert FeatureStore.open(tmp_path / "s").manifest.complete is False
 
 
 @pytest.mark.ray
@@ -248,11 +270,12 @@ def test_probe_eval_runs_on_the_ray_store(stores: tuple[Path, Path], capsys) -> 
 @pytest.mark.ray
 def test_worker_side_errors_keep_their_type(image_folder: Path, ray_local, tmp_path: Path) -> None:
     """Weights missing on the workers fail fast with the featurizer's own error and advice."""
-    from featurizer.distributed import extract_dataset_ray
     from featurizer.errors import WeightsError
 
     with pytest.raises(WeightsError, match=r"nowhere\.pth"):
-        extract_dataset_ray(image_folder, tmp_path / "s", weights=str(tmp_path / "nowhere.pth"))
+        extract_dataset(
+            image_folder, tmp_path / "s", engine="ray", weights=str(tmp_path / "nowhere.pth")
+        )
     assert not (tmp_path / "s" / "part-00000.parquet").exists()
 
 
@@ -293,42 +316,48 @@ def test_missing_ray_gives_install_hint_and_nonzero_exit(
 
 
 def test_import_ray_error_is_a_decaf_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from featurizer.distributed import import_ray
-    from featurizer.errors import DecafError
+    from featurizer.engines.ray import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(EngineUnavailableError, match=r"pip install 'decaf\[ray\]'") as info:
         import_ray()
-    assert isinstance(info.value, DecafError)
+    assert isinstance(info.value, DecafError) and info.value.http_status == 501
 
 
 # --------------------------------------------------------------------------- no Ray needed
 
 
+def _block(indices: list[int], errors: dict[int, str]) -> dict[str, np.ndarray]:
+    return {
+        "index": np.array(indices),
+        "error": np.array([errors.get(i, "") for i in indices], dtype=object),
+        "f": np.array([[i, -i] for i in indices], dtype=np.float32),
+    }
+
+
+def _plan(files: int, part_size: int) -> PartPlan:
+    records = [ImageRecord(f"{i}.jpg", "c") for i in range(files)]
+    pending = tuple(range(-(-files // part_size)))
+    return PartPlan(Path("."), records, part_size, batch_size=4, pending=pending)
+
+
 def test_blocks_out_of_order_are_regrouped_per_part_in_index_order() -> None:
     """Ray may return blocks in any order; each part must come out sorted, errors kept."""
-    dims = {"f": 2}
+    outputs = [_block([5, 6, 7], {6: "bad"}), _block([0, 1, 2, 3, 4], {})]
+    first, second = regroup_parts(outputs, _plan(8, 4), {"f": 2})
+    assert (first.files, first.errors, first.parts) == (3, 1, [])
+    assert (second.files, second.errors) == (5, 0)
+    part0, part1 = sorted(second.parts, key=lambda part: part.index)
+    assert part1.paths == ["4.jpg", "5.jpg", "7.jpg"] and part1.labels == ["c"] * 3
+    assert part1.errors == [{"path": "6.jpg", "label": "c", "error": "bad"}]
+    np.testing.assert_array_equal(part1.features["f"][:, 0], [4, 5, 7])
+    assert part0.paths == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    np.testing.assert_array_equal(part0.features["f"][:, 1], [0, -1, -2, -3])
 
-    def block(indices: list[int], errors: dict[int, str]) -> dict[str, np.ndarray]:
-        return {
-            "index": np.array(indices),
-            "error": np.array([errors.get(i, "") for i in indices], dtype=object),
-            "f": np.array([[i, -i] for i in indices], dtype=np.float32),
-        }
 
-    buffers: dict[int, _PartBuffer] = {}
-    for output in (block([5, 6, 7], {6: "bad"}), block([0, 1, 2, 3, 4], {})):
-        for part, batch, features in split_by_part(output, 4, dims):
-            buffers.setdefault(part, _PartBuffer(part, 4)).add(batch, features)
-    assert sorted(buffers) == [0, 1]
-    assert buffers[0].complete and buffers[1].complete
-    part1 = sorted_buffer(buffers[1])
-    assert part1.rows == [4, 5, 7]
-    assert part1.errors == [(6, "bad")]
-    np.testing.assert_array_equal(part1.chunks["f"][0][:, 0], [4, 5, 7])
-    part0 = sorted_buffer(buffers[0])
-    assert part0.rows == [0, 1, 2, 3]
-    np.testing.assert_array_equal(part0.chunks["f"][0][:, 1], [0, -1, -2, -3])
+def test_rows_missing_from_ray_output_are_an_error() -> None:
+    with pytest.raises(DecafError, match=r"incomplete parts \[1\]"):
+        list(regroup_parts([_block([0, 1, 2, 3, 4], {})], _plan(8, 4), {"f": 2}))
 
 
 def test_split_by_part_all_rows_failed() -> None:
