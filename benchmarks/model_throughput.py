@@ -80,8 +80,8 @@ def make_variants(args: argparse.Namespace) -> dict[str, Callable[[torch.Tensor]
     plain = torchvision.models.alexnet(weights=None)
     plain.load_state_dict(fp32.model.net.state_dict())
     plain = plain.eval().to(fp32.device)
-    mean = torch.tensor(fp32.spec.preprocess.mean, device=fp32.device).view(1, 3, 1, 1)
-    std = torch.tensor(fp32.spec.preprocess.std, device=fp32.device).view(1, 3, 1, 1)
+    mean = torch.tensor(fp32.preprocess.mean, device=fp32.device).view(1, 3, 1, 1)
+    std = torch.tensor(fp32.preprocess.std, device=fp32.device).view(1, 3, 1, 1)
 
     def torchvision_forward(batch: torch.Tensor) -> object:
         with torch.inference_mode():

@@ -27,6 +27,7 @@ from classifiers.registry import (
     protocol_names,
     protocols_help,
 )
+from featurizer.argtypes import comma_list, positive_int
 
 # The LinearProbe parameters that have a flag; each flag's dest is the parameter's name.
 ESTIMATOR_FLAGS = ("C", "Cs", "cv", "backend", "device", "class_weight", "dropout", "l2_normalize")
@@ -60,7 +61,7 @@ def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
         type=_c_grid,
         help="C grid for C='auto', comma-separated (default 1e-4,1e-3,...,1e2)",
     )
-    parser.add_argument("--cv", type=_positive_int, default=3, help="folds for C='auto'")
+    parser.add_argument("--cv", type=positive_int, default=3, help="folds for C='auto'")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--device", default="auto", help="torch backend device: auto, cpu, cuda")
     parser.add_argument("--class-weight", default=None, choices=CLASS_WEIGHT_MODES)
@@ -83,24 +84,12 @@ def _c_value(text: str) -> float | str:
 
 def _c_grid(text: str) -> list[float]:
     try:
-        values = [float(part) for part in _csv(text)]
+        values = [float(part) for part in comma_list(text)]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"Cs must be numbers, got {text!r}") from exc
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"Cs must be positive numbers, got {text!r}")
     return values
-
-
-# TODO(argtypes): use the shared argparse types of featurizer/argtypes.py once merged.
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _make_probe(args: argparse.Namespace, classifier: str) -> Any:
@@ -109,6 +98,21 @@ def _make_probe(args: argparse.Namespace, classifier: str) -> Any:
     options = {name: getattr(args, name) for name in ESTIMATOR_FLAGS}
     progress = not args.json and sys.stderr.isatty()
     return make_probe({**options, "classifier": classifier, "progress": progress})
+
+
+def _layers_or_default(store: Any, layers: Sequence[str] | None) -> tuple[str, ...]:
+    """The layers asked for, or the store's first one its backbone lists as a default."""
+    if layers:
+        return tuple(layers)
+    from featurizer.backbones import get_backbone
+    from featurizer.errors import UnknownBackboneError
+
+    stored = list(store.layers)
+    try:
+        preferred = get_backbone(store.manifest.backbone).default_layers
+    except UnknownBackboneError:  # a store made by a newer decaf: any stored layer will do
+        preferred = ()
+    return tuple([name for name in preferred if name in stored][:1] or stored[:1])
 
 
 def _labelled_features(store: str, layer: str) -> Any:
@@ -125,7 +129,12 @@ def _labelled_features(store: str, layer: str) -> Any:
 def _register_fit(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("fit", help="fit a probe on all labelled images of a store")
     parser.add_argument("store", metavar="STORE", help="feature store made by `decaf extract`")
-    parser.add_argument("--layer", default="decaf6", help="feature layer (default decaf6)")
+    parser.add_argument(
+        "--layer",
+        default=None,
+        help="feature layer (default: the store's first default layer of its backbone, e.g. "
+        "decaf6 for AlexNet)",
+    )
     parser.add_argument("--classifier", default="logreg", choices=CLASSIFIER_KINDS)
     parser.add_argument("--out", "-o", required=True, metavar="PROBE", help="probe directory")
     _add_estimator_options(parser)
@@ -136,11 +145,12 @@ def _fit(args: argparse.Namespace) -> int:
     import time
 
     from classifiers.persistence import provenance_from_manifest, save_probe
-    from featurizer.store import read_manifest
+    from featurizer.store import FeatureStore
 
     probe = _make_probe(args, args.classifier)  # invalid options fail before any loading
-    manifest = read_manifest(args.store)
-    provenance = provenance_from_manifest(manifest, args.layer)
+    store = FeatureStore.open(args.store)
+    args.layer = _layers_or_default(store, [args.layer] if args.layer else None)[0]
+    provenance = provenance_from_manifest(store.manifest, args.layer)
     data = _labelled_features(args.store, args.layer)
     X, y = data.X, data.y
     started = time.perf_counter()
@@ -186,9 +196,15 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
         help="evaluate probes by a paper's protocol (table: classifier x layer, mean ± std)",
     )
     parser.add_argument("store", metavar="STORE", help="feature store made by `decaf extract`")
-    parser.add_argument("--layer", default="decaf6", help="layer(s), comma-separated")
+    parser.add_argument(
+        "--layer",
+        type=comma_list,
+        default=None,
+        help="layer(s), comma-separated (default: as for `decaf probe fit`)",
+    )
     parser.add_argument(
         "--classifier",
+        type=comma_list,
         default="logreg",
         help=f"{', '.join(CLASSIFIER_KINDS)} or several (comma-separated)",
     )
@@ -198,16 +214,16 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
         choices=protocol_names(),
         help="evaluation protocol (default %(default)s): " + protocols_help(separator="; "),
     )
-    parser.add_argument("--splits", type=_positive_int, default=5, help="random splits")
+    parser.add_argument("--splits", type=positive_int, default=5, help="random splits")
     parser.add_argument(
         "--n-train",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="training images per class (caltech101: 30, sun397: 50)",
     )
     parser.add_argument(
         "--max-test",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="test images per class at most (default 50)",
     )
@@ -226,7 +242,7 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
 
 def _shots(text: str) -> list[int]:
     try:
-        shots = [int(s) for s in _csv(text)]
+        shots = [int(s) for s in comma_list(text)]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"shots must be integers, got {text!r}") from exc
     if not shots or min(shots) < 1:
@@ -235,7 +251,10 @@ def _shots(text: str) -> list[int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    layers, classifiers = _csv(args.layer), _csv(args.classifier)
+    from featurizer.store import FeatureStore
+
+    layers = _layers_or_default(FeatureStore.open(args.store), args.layer)
+    classifiers = args.classifier
     unknown = [c for c in classifiers if c not in CLASSIFIER_KINDS]
     if unknown or not classifiers:
         raise ProbeError(
@@ -324,7 +343,7 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("predict", help="top-k labels of images with a saved probe")
     parser.add_argument("probe", metavar="PROBE", help="probe directory from `decaf probe fit`")
     parser.add_argument("images", metavar="IMAGES", nargs="+", help="image files")
-    parser.add_argument("--top-k", type=_positive_int, default=5)
+    parser.add_argument("--top-k", type=positive_int, default=5)
     parser.add_argument(
         "--weights",
         default=None,
@@ -332,7 +351,7 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
         "that can be found: imagenet or random)",
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_predict)
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from importlib import metadata
@@ -30,6 +28,7 @@ import numpy as np
 
 from classifiers.errors import ProbeError, ProbeMismatchError
 from classifiers.probe import PARAMETER_NAMES, LinearProbe, make_probe
+from featurizer.atomic import atomic_write
 
 PROBE_FORMAT = "decaf-probe"
 PROBE_FORMAT_VERSION = 1
@@ -178,22 +177,10 @@ def save_probe(
         "mean": probe.mean_,
         "scale": probe.scale_,
     }
-    _atomic_write(out / ARRAYS_NAME, lambda f: np.savez(f, **arrays))
+    atomic_write(out / ARRAYS_NAME, lambda f: np.savez(f, **arrays))
     text = json.dumps(document, indent=2, sort_keys=False, allow_nan=False)
-    _atomic_write(out / JSON_NAME, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(out / JSON_NAME, text)
     return out
-
-
-# TODO(atomic): use featurizer's atomic_write once the store helper's branch is merged.
-def _atomic_write(target: Path, write: Any) -> None:
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def load_probe(path: str | Path) -> tuple[LinearProbe, dict[str, Any]]:

@@ -7,47 +7,25 @@ fast. Progress goes to stderr; `--json` prints machine-readable output to stdout
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 from featurizer.argtypes import comma_list, non_negative_float, non_negative_int, positive_int
+from featurizer.backbones import DEFAULT_BACKBONE, backbone_names
 from featurizer.errors import DecafError
 from featurizer.options import CROP_MODES, ENGINES, PRECISIONS
+from featurizer.progress import ProgressBar
 
 if TYPE_CHECKING:
     from featurizer.extraction import ExtractionProgress
     from featurizer.store import StoreInfo
 
-DEFAULT_BACKBONE = "alexnet"
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     _register_extract(sub)
     _register_info(sub)
     _register_store(sub)
-
-
-def backbone_names() -> list[str]:
-    """The backbones ``--backbone`` accepts: the only place the CLI reads that list."""
-    # TODO(registry): return featurizer.backbones.backbone_names() once the registry lands.
-    from featurizer.weights import BACKBONES
-
-    return sorted(BACKBONES)
-
-
-def backbone_name(text: str) -> str:
-    """argparse ``type=`` for ``--backbone``, read from the registry only when parsing.
-
-    Not ``choices=``: argparse's help formatter iterates ``choices`` for every option's help,
-    so ``--help`` would import the registry (and torch with it).
-    """
-    names = backbone_names()
-    if text not in names:
-        raise argparse.ArgumentTypeError(
-            f"unknown backbone {text!r}; choose from {', '.join(names)} (see `decaf backbones`)"
-        )
-    return text
 
 
 def _register_extract(sub: argparse._SubParsersAction) -> None:
@@ -64,8 +42,7 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backbone",
         default=DEFAULT_BACKBONE,
-        type=backbone_name,
-        metavar="NAME",
+        choices=backbone_names(),
         help=f"network to extract from (default {DEFAULT_BACKBONE}; see `decaf backbones`)",
     )
     parser.add_argument(
@@ -167,7 +144,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from featurizer.extraction import extract_dataset
     from featurizer.store import ERRORS_NAME
 
-    with _ProgressBar(enabled=not args.no_progress) as bar:
+    with _extraction_bar(enabled=not args.no_progress) as bar:
         result = extract_dataset(
             args.root,
             args.out,
@@ -183,7 +160,7 @@ def run_extract(args: argparse.Namespace) -> int:
             workers=args.workers,  # None: the engine decides
             engine=args.engine,
             ray=_ray_options(args),
-            progress=bar.update,
+            progress=functools.partial(_show, bar),
         )
     summary = {
         "store": str(result.store),
@@ -223,37 +200,14 @@ def _ray_options(args: argparse.Namespace) -> Any:
     return RayOptions(args.ray_address, args.num_gpus_per_worker, args.concurrency)
 
 
-class _ProgressBar:
-    """tqdm on stderr fed by ExtractionProgress callbacks (images/s and ETA shown by tqdm)."""
+def _extraction_bar(*, enabled: bool) -> ProgressBar:
+    """images/s and ETA over this run: the bar starts at the files of resumed parts."""
+    return ProgressBar(enabled=enabled, unit="img", smoothing=0.1, leave=True)
 
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
 
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def update(self, progress: ExtractionProgress) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm
-
-            # initial = files of resumed parts, so the rate and ETA reflect this run only.
-            self._bar = tqdm(
-                total=progress.total,
-                initial=progress.done,
-                unit="img",
-                file=sys.stderr,
-                dynamic_ncols=True,
-                smoothing=0.1,
-            )
-        self._bar.update(progress.done - self._bar.n)
-        self._bar.set_postfix(errors=progress.errors, refresh=False)
+def _show(bar: ProgressBar, progress: ExtractionProgress) -> None:
+    bar.advance_to(progress.done, total=progress.total)
+    bar.set_postfix(errors=progress.errors)
 
 
 # --------------------------------------------------------------------------- info

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -91,20 +90,6 @@ class Featurizer:
     def dims(self) -> dict[str, int]:
         dims = self.backbone.dims
         return {name: dims[name] for name in self.layers}
-
-    @property
-    def spec(self) -> LoadedWeights:
-        """Transitional: ``featurizer.spec.preprocess`` still works; read ``.preprocess``.
-
-        Warns so the remaining callers show up in test output; delete once they are switched.
-        """
-        warnings.warn(
-            "Featurizer.spec is going away: use Featurizer.preprocess (the PreprocessSpec of the "
-            "loaded weights) or Featurizer.backbone (the record)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.weights
 
     def describe(self) -> dict:
         """JSON-safe provenance for manifests, probes and the service's GET /v1/model."""

@@ -8,7 +8,7 @@ them. The format itself belongs to `featurizer.store`; this module only finds an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import select
 
@@ -18,6 +18,9 @@ from service.jobs import JobManager
 from service.paths import validate_name
 from service.settings import Settings
 from service.state import Database, DatasetRow, iso
+
+if TYPE_CHECKING:
+    from featurizer.store import Manifest
 
 
 class DatasetNotFoundError(NotFoundError):
@@ -51,10 +54,10 @@ def check_no_conflict(jobs: JobManager, name: str, out: Path, overwrite: bool) -
         )
     if overwrite:
         return
-    from featurizer.store import read_manifest
+    from featurizer.store import FeatureStore
 
     try:
-        complete = bool(read_manifest(out).get("complete"))
+        complete = FeatureStore.open(out).manifest.complete
     except StoreError:
         return  # no store, or an unfinished one: the job creates or resumes it
     if complete:
@@ -63,23 +66,23 @@ def check_no_conflict(jobs: JobManager, name: str, out: Path, overwrite: bool) -
         )
 
 
-def finished_manifest(settings: Settings, name: str) -> dict[str, Any]:
+def finished_manifest(settings: Settings, name: str) -> Manifest:
     """The manifest of the finished store `name` (404 if there is none, 409 if unfinished)."""
-    from featurizer.store import read_manifest
+    from featurizer.store import FeatureStore
 
     try:
-        manifest = read_manifest(dataset_path(settings, name))
+        manifest = FeatureStore.open(dataset_path(settings, name)).manifest
     except StoreError as exc:
         raise DatasetNotFoundError(f"dataset {name!r} not found (GET /v1/datasets)") from exc
-    if not manifest.get("complete"):
+    if not manifest.complete:
         raise DatasetConflictError(
             f"dataset {name!r} is incomplete (its extraction has not finished): wait for its job"
         )
     return manifest
 
 
-def check_layer_stored(manifest: dict[str, Any], name: str, layer: str) -> None:
-    layers = manifest.get("layers") or {}
+def check_layer_stored(manifest: Manifest, name: str, layer: str) -> None:
+    layers = manifest.layers
     if layer not in layers:
         raise UnknownLayerError(
             f"layer {layer!r} is not in dataset {name!r}; available: {sorted(layers)} "
@@ -102,7 +105,7 @@ def list_datasets(settings: Settings, db: Database, jobs: JobManager) -> list[di
 
 
 def _summary(name: str, path: Path, row: DatasetRow | None) -> dict[str, Any]:
-    from featurizer.store import read_manifest
+    from featurizer.store import FeatureStore
 
     summary: dict[str, Any] = {
         "name": name,
@@ -112,19 +115,19 @@ def _summary(name: str, path: Path, row: DatasetRow | None) -> dict[str, Any]:
         "created_at": iso(row.created_at) if row else None,
     }
     try:
-        manifest = read_manifest(path)
+        manifest = FeatureStore.open(path).manifest
     except StoreError as exc:
         summary["error"] = str(exc)
         return summary
     summary.update(
-        complete=bool(manifest.get("complete")),
-        backbone=manifest.get("backbone"),
-        num_images=manifest.get("num_images"),
-        num_errors=manifest.get("num_errors"),
-        num_classes=len(manifest.get("classes") or []),
-        layers=manifest.get("layers"),
-        source_root=manifest.get("source_root", summary["source_root"]),
-        created_at=manifest.get("created_at") or summary["created_at"],
+        complete=manifest.complete,
+        backbone=manifest.backbone,
+        num_images=manifest.num_images,
+        num_errors=manifest.num_errors,
+        num_classes=len(manifest.classes),
+        layers=dict(manifest.layers),
+        source_root=manifest.source_root or summary["source_root"],
+        created_at=manifest.created_at or summary["created_at"],
     )
     return summary
 

@@ -39,7 +39,7 @@ def dataset_fit_params(
     models.check_taps(backbone, [layer])
     manifest = finished_manifest(settings, body.dataset)
     check_layer_stored(manifest, body.dataset, layer)
-    stored = manifest.get("backbone")
+    stored = manifest.backbone
     if stored != backbone:
         raise ProbeMismatchError(
             f"dataset {body.dataset!r} holds {stored} features, not {backbone}: pass "

@@ -169,7 +169,7 @@ def prepare_tensor(featurizer: Featurizer, data: bytes, crop: str, max_pixels: i
     # preprocessing function with that mode and the same spec.
     from featurizer.preprocess import load_and_preprocess
 
-    return load_and_preprocess(data, featurizer.spec.preprocess, crop, max_pixels=max_pixels)
+    return load_and_preprocess(data, featurizer.preprocess, crop, max_pixels=max_pixels)
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -134,17 +134,7 @@ def decode_function(featurizer: Featurizer) -> Callable[[str], Any]:
 
     return functools.partial(
         load_and_preprocess,
-        spec=preprocess_spec(featurizer),
+        spec=featurizer.preprocess,
         crop=featurizer.crop,
         max_pixels=getattr(featurizer, "max_pixels", DEFAULT_MAX_PIXELS),
     )
-
-
-def preprocess_spec(featurizer: Featurizer) -> Any:
-    """The featurizer's ``PreprocessSpec``.
-
-    TODO(registry): the backbone registry moves it to ``featurizer.preprocess`` (chosen by the
-    weights); until it lands it is ``featurizer.spec.preprocess``. Both are accepted here.
-    """
-    spec = getattr(featurizer, "preprocess", None)
-    return spec if spec is not None else featurizer.spec.preprocess

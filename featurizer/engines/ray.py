@@ -42,7 +42,6 @@ from featurizer.engines.base import (
     PartBuffer,
     PartPlan,
     decode_function,
-    preprocess_spec,
 )
 from featurizer.engines.ray_cluster import (
     INSTALL_HINT,
@@ -219,7 +218,7 @@ def _describe_remote(featurizer_kwargs: dict[str, Any], threads: int | None) -> 
         "description": featurizer.describe(),
         "dims": featurizer.dims,
         "load": decode_function(featurizer),
-        "image_shape": image_shape_for(preprocess_spec(featurizer).crop, featurizer.crop),
+        "image_shape": image_shape_for(featurizer.preprocess.crop, featurizer.crop),
     }
 
 

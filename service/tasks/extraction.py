@@ -4,7 +4,7 @@ Re-running is safe: the store's finished parts are skipped, so a job resumed aft
 submitted again after a cancel) continues where it stopped. Each job builds its own Featurizer
 through `featurizer_factory(backbone, layers, precision, crop)`: the served featurizer belongs to
 its micro-batcher and is not safe for concurrent forward calls. Jobs with `engine: "ray"` build
-no model here: featurizer.distributed builds it inside the Ray actors, on the cluster of
+no model here: the Ray engine builds it inside its actors, on the cluster of
 `settings.ray_address` (a server setting, never a request field) or a local Ray.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from service.job_context import JobContext, JobHandler
 
 if TYPE_CHECKING:
-    from featurizer.batch import ExtractionResult
+    from featurizer.extraction import ExtractionResult
     from featurizer.extractor import Featurizer
 
 KIND = "extraction"
@@ -99,7 +99,7 @@ def _progress_dict(progress: Any) -> dict[str, Any]:
 def _extract_locally(
     ctx: JobContext, options: dict[str, Any], featurizer_factory: FeaturizerFactory
 ) -> ExtractionResult:
-    from featurizer.batch import extract_dataset
+    from featurizer.extraction import extract_dataset
 
     params = ctx.params
     featurizer = featurizer_factory(
@@ -116,17 +116,21 @@ def _extract_locally(
 
 def _extract_with_ray(ctx: JobContext, options: dict[str, Any]) -> ExtractionResult:
     """Ray Data engine: the model is built inside the Ray actors from the server's settings."""
-    from featurizer.distributed import extract_dataset_ray
+    from featurizer.engines.ray import RayOptions
+    from featurizer.extraction import extract_dataset
 
     params, settings = ctx.params, ctx.settings
-    return extract_dataset_ray(
+    return extract_dataset(
         params["root"],
         params["out"],
         weights=settings.weights,
         backbone=_backbone(ctx),
         device=settings.device,
-        address=settings.ray_address,
-        num_gpus_per_worker=params.get("num_gpus_per_worker"),
-        concurrency=params.get("concurrency"),
+        engine="ray",
+        ray=RayOptions(
+            address=settings.ray_address,
+            num_gpus_per_worker=params.get("num_gpus_per_worker"),
+            concurrency=params.get("concurrency"),
+        ),
         **options,
     )

@@ -23,7 +23,7 @@ def run_probe_fit(ctx: JobContext) -> dict[str, Any]:
     """Job handler: fit a probe on `params.dataset`'s `params.layer` and save it."""
     from classifiers.data import labelled_rows
     from classifiers.persistence import provenance_from_manifest
-    from featurizer.store import load_features, read_manifest
+    from featurizer.store import FeatureStore
 
     params = ctx.params
     store = ProbeStore(ctx.settings, ctx.db)
@@ -35,8 +35,9 @@ def run_probe_fit(ctx: JobContext) -> dict[str, Any]:
         return {"probe_id": probe_id, "probe": probe_to_dict(existing), "progress": done}
     path = dataset_path(ctx.settings, params["dataset"])
     ctx.report({"done": 0, "total": steps, "step": "loading features"}, force=True)
-    manifest = read_manifest(path)
-    rows = labelled_rows(*load_features(path, params["layer"]), source=f"dataset {path.name!r}")
+    features = FeatureStore.open(path)
+    manifest = features.manifest
+    rows = labelled_rows(*features.load(params["layer"]), source=f"dataset {path.name!r}")
     X, y, paths = rows.X, rows.y, rows.paths
     if len(set(y)) < 2:
         raise ProbeError(
@@ -56,7 +57,7 @@ def run_probe_fit(ctx: JobContext) -> dict[str, Any]:
     probe = make_probe(params).fit(X, y)
     metrics.update(fit_metrics(probe, X, y))
     provenance = provenance_from_manifest(manifest, params["layer"])
-    provenance.update(dataset=params["dataset"], source_root=manifest.get("source_root"))
+    provenance.update(dataset=params["dataset"], source_root=manifest.source_root)
     row = store.save(
         probe,
         name=params.get("name") or f"{params['dataset']}-{params['layer']}",

@@ -159,10 +159,8 @@ def test_layers_default_to_the_backbones_default_layers():
         Featurizer(["decaf6"], backbone="vit_b_16", weights="random")
 
 
-def test_preprocess_is_the_loaded_weights_and_spec_is_transitional(fz):
+def test_preprocess_is_the_loaded_weights(fz):
     assert fz.preprocess == fz.weights.preprocess == fz.backbone.default_tag.preprocess
-    with pytest.warns(DeprecationWarning, match="Featurizer.preprocess"):
-        assert fz.spec.preprocess == fz.preprocess
 
 
 def test_constructor_validation():

@@ -18,7 +18,7 @@ from tests.service._service_helpers import jpeg_bytes, problem
 
 def tensors(featurizer, count: int, crop: str = "center") -> list[torch.Tensor]:
     return [
-        load_and_preprocess(jpeg_bytes(seed), featurizer.spec.preprocess, crop)
+        load_and_preprocess(jpeg_bytes(seed), featurizer.preprocess, crop)
         for seed in range(count)
     ]
 
@@ -268,7 +268,7 @@ def test_concurrent_http_requests_are_batched_and_equal_single_results(serve, sh
     assert batcher.forward_passes < len(images), batcher.batch_sizes
     assert max(batcher.batch_sizes) > 1
     for data, response in zip(images, responses, strict=True):
-        tensor = load_and_preprocess(data, shared_featurizer.spec.preprocess, "center")
+        tensor = load_and_preprocess(data, shared_featurizer.preprocess, "center")
         expected = single(shared_featurizer, tensor, {"decaf6", "decaf7"})
         features = response.json()["results"][0]["features"]
         for layer in ("decaf6", "decaf7"):

@@ -132,18 +132,18 @@ def test_ray_engine_is_accepted_by_the_schema(api: Any) -> None:
 def test_ray_engine_without_ray_is_refused_at_submit(
     api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import featurizer.distributed
-    from featurizer.distributed import INSTALL_HINT
+    from featurizer.engines import ray as ray_engine
 
     # What `import ray` does when the extra is not installed.
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.data", None)
-    with pytest.raises(featurizer.distributed.EngineUnavailableError):
-        featurizer.distributed.import_ray()
+    with pytest.raises(ray_engine.EngineUnavailableError):
+        ray_engine.import_ray()
     make_image_tree(api.roots / "pets", per_class=1)
     response = api.post("/v1/extractions", json=extraction("pets", "pets", engine="ray"))
     assert response.status_code == 501, response.text
-    assert INSTALL_HINT in error_message(response) and "engine" in error_message(response)
+    message = error_message(response)
+    assert ray_engine.INSTALL_HINT in message and "engine" in message
     assert api.get("/v1/jobs").json()["jobs"] == []  # nothing was queued
 
 

@@ -15,7 +15,7 @@ from tests.service._service_helpers import jpeg_bytes, png_bytes, problem
 
 def reference(featurizer, data: bytes, layers, crop: str = "center") -> dict[str, np.ndarray]:
     """Features of one image computed directly with the featurizer (batch of one)."""
-    tensor = load_and_preprocess(data, featurizer.spec.preprocess, crop)
+    tensor = load_and_preprocess(data, featurizer.preprocess, crop)
     out = featurizer.forward(torch.stack([tensor]), layers=list(layers))
     return {name: array[0] for name, array in out.items()}
 

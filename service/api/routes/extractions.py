@@ -62,7 +62,7 @@ def _check_ray_available() -> None:
     """Refuse engine "ray" at submit time when the server cannot import Ray (501, with the
     install hint) rather than queueing a job that can only fail.
     """
-    from featurizer.distributed import EngineUnavailableError, import_ray
+    from featurizer.engines.ray import EngineUnavailableError, import_ray
 
     try:
         import_ray()
