@@ -27,6 +27,10 @@ synthetic sharp-edged / fine-texture 2560x1920 JPEGs (worst cases for a low-pass
 
 from __future__ import annotations
 
+from featurizer.runtime import configure_process
+
+configure_process()  # this script is an entry point: set before torch starts its OpenMP runtime
+
 import argparse
 import io
 import time

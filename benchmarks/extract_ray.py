@@ -15,6 +15,10 @@ rate matters. Each figure is the best of ``--repeats`` runs.
 
 from __future__ import annotations
 
+from featurizer.runtime import configure_process
+
+configure_process()  # this script is an entry point: set before torch starts its OpenMP runtime
+
 import argparse
 import os
 import shutil
@@ -108,12 +112,12 @@ def decode_rate_per_core(root: Path, seconds: float = 3.0) -> float:
     """images/s of decode + preprocess in one process with one thread (what a decode task does)."""
     import torch
 
+    from featurizer.backbones import get_backbone
     from featurizer.dataset import scan_image_folder
     from featurizer.preprocess import load_and_preprocess
-    from featurizer.weights import get_backbone_spec
 
     torch.set_num_threads(1)
-    spec = get_backbone_spec("alexnet").preprocess
+    spec = get_backbone("alexnet").default_tag.preprocess
     paths = [root / r.path for r in scan_image_folder(root) if "corrupt" not in r.path]
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

@@ -20,6 +20,10 @@ large ones, bf16 >= 1.4x fp32.
 
 from __future__ import annotations
 
+from featurizer.runtime import configure_process
+
+configure_process()  # this script is an entry point: set before torch starts its OpenMP runtime
+
 import argparse
 import io
 import json

@@ -15,6 +15,10 @@ layer on scikit-learn's two sample photographs (ten crops each = 20 views).
 
 from __future__ import annotations
 
+from featurizer.runtime import configure_process
+
+configure_process()  # this script is an entry point: set before torch starts its OpenMP runtime
+
 import argparse
 import contextlib
 import functools
@@ -30,9 +34,12 @@ import numpy as np
 import torch
 import torchvision
 
-from featurizer import LAYER_NAMES, Featurizer
-from featurizer.precision import cpu_has_fast_bf16, default_num_threads
+from featurizer.backbones import get_backbone
+from featurizer.extractor import Featurizer
+from featurizer.precision import cpu_has_fast_bf16
+from featurizer.runtime import default_num_threads
 
+LAYER_NAMES = get_backbone("alexnet").tap_names
 FEATURE_LAYERS = ("decaf6", "decaf7")  # what a user typically extracts (runs up to fc7)
 
 

@@ -22,6 +22,10 @@ Caltech-sized problem, one held-out split on the SUN-sized one; see classifiers/
 
 from __future__ import annotations
 
+from featurizer.runtime import configure_process
+
+configure_process()  # this script is an entry point: set before torch starts its OpenMP runtime
+
 import argparse
 import os
 import sys

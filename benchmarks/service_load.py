@@ -25,6 +25,10 @@ compute (and so every number) is the same as with ImageNet weights.
 
 from __future__ import annotations
 
+from featurizer.runtime import configure_process
+
+configure_process()  # this script is an entry point: set before torch starts its OpenMP runtime
+
 import argparse
 import asyncio
 import io

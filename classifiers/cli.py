@@ -251,9 +251,6 @@ def _shots(text: str) -> list[int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from featurizer.store import FeatureStore
-
-    layers = _layers_or_default(FeatureStore.open(args.store), args.layer)
     classifiers = args.classifier
     unknown = [c for c in classifiers if c not in CLASSIFIER_KINDS]
     if unknown or not classifiers:
@@ -266,6 +263,9 @@ def _eval(args: argparse.Namespace) -> int:
             f"--shots varies n_train, which protocol {args.protocol!r} does not have; "
             f"use {' or '.join(per_class)}, or drop --shots"
         )
+    from featurizer.store import FeatureStore  # options are checked first: no I/O before
+
+    layers = _layers_or_default(FeatureStore.open(args.store), args.layer)
     rows: list[dict[str, Any]] = []
     for layer in layers:
         data = _labelled_features(args.store, layer)

@@ -23,8 +23,9 @@ from featurizer.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
 from featurizer.errors import ImageDecodeError
 from featurizer.images import DEFAULT_MAX_PIXELS, ImageSource
 from featurizer.options import CROP_MODES, CropMode, Precision
-from featurizer.precision import check_precision, default_num_threads, resolve_device
+from featurizer.precision import check_precision, resolve_device
 from featurizer.preprocess import load_and_preprocess
+from featurizer.runtime import default_num_threads
 from featurizer.spec import PreprocessSpec
 from featurizer.weights import LoadedWeights, resolve_weights
 

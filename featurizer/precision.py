@@ -20,7 +20,6 @@ Measured on this project's 2-core AVX-512-BF16 CPU (benchmarks/model_throughput.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
@@ -36,7 +35,6 @@ __all__ = [
     "apply_precision",
     "check_precision",
     "cpu_has_fast_bf16",
-    "default_num_threads",
     "quantize_linear_int8",
     "resolve_device",
 ]
@@ -80,14 +78,6 @@ def cpu_has_fast_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def default_num_threads() -> int:
-    """Cores this process may run on (respects taskset/cgroup CPU sets, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def apply_precision(

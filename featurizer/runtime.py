@@ -12,7 +12,7 @@ import os
 OMP_WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
 
 
-def available_cores() -> int:
+def default_num_threads() -> int:
     """Cores this process may run on (respects taskset/cgroup CPU sets, unlike os.cpu_count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -31,17 +31,15 @@ def configure_openmp() -> None:
     os.environ.setdefault(OMP_WAIT_POLICY_VAR, "PASSIVE")
 
 
-def configure_threads(num_threads: int | None = None) -> int:
-    """Set torch's intra-op threads (default: the cores we may use); returns the count set."""
-    import torch
-
-    count = num_threads or available_cores()
-    torch.set_num_threads(count)
-    return count
+def worker_environment() -> dict[str, str]:
+    """The tuning variables of this process, for worker processes started elsewhere (Ray)."""
+    return {name: os.environ[name] for name in (OMP_WAIT_POLICY_VAR,) if name in os.environ}
 
 
-def configure_process(num_threads: int | None = None, *, threads: bool = False) -> None:
-    """What every entry point calls first: OpenMP policy, and torch threads when asked."""
+def configure_process() -> None:
+    """What every entry point calls first, before torch is imported.
+
+    Torch's intra-op thread count is not set here: ``Featurizer(num_threads=...)`` sets it when
+    a model is built (default: :func:`default_num_threads`), which is also an entry point's act.
+    """
     configure_openmp()
-    if threads:
-        configure_threads(num_threads)

@@ -68,7 +68,7 @@ def default_workers(device: Any) -> int:
     uses the cores and decoding is ~1/4 of its cost, so half the cores (at least 2: on a 2-core
     laptop 1 and 2 workers measured the same, 2 copes better with large photos).
     """
-    from featurizer.precision import default_num_threads
+    from featurizer.runtime import default_num_threads
 
     cores = default_num_threads()
     if getattr(device, "type", str(device)) == "cuda":

@@ -141,7 +141,7 @@ def ray_engine(
 def driver_writer_threads() -> int:
     """One thread writes ~1-3k rows/s of decaf6+decaf7 (Parquet encoding releases the GIL),
     less than a few GPU actors deliver: one per core of the driver, up to 8."""
-    from featurizer.precision import default_num_threads
+    from featurizer.runtime import default_num_threads
 
     return max(1, min(MAX_WRITER_THREADS, default_num_threads()))
 

@@ -98,17 +98,23 @@ def connect(ray: ModuleType, address: str | None) -> bool:
 
     A process already connected (a notebook, the test suite) is reused as it is.
     """
-    from featurizer.precision import default_num_threads
+    from featurizer.runtime import default_num_threads, worker_environment
 
     if ray.is_initialized():
         return False
-    quiet = {"logging_level": logging.WARNING, "configure_logging": True}
+    # Workers are entry points too: they start with the driver's process tuning (set before
+    # their Python, hence before torch, starts).
+    options = {
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+        "runtime_env": {"env_vars": worker_environment()},
+    }
     try:
         if address:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, **options)
         else:
             # The cores this process may use (cgroup/taskset aware), not the host's count.
-            ray.init(num_cpus=default_num_threads(), include_dashboard=False, **quiet)
+            ray.init(num_cpus=default_num_threads(), include_dashboard=False, **options)
     except ConnectionError as exc:
         raise EngineUnavailableError(
             f"cannot connect to the Ray cluster at {address}: {exc}"

@@ -17,7 +17,7 @@ from sklearn.datasets import load_sample_images
 import featurizer
 from featurizer import Featurizer
 from featurizer.errors import ImageDecodeError, UnknownBackboneError, UnknownLayerError
-from featurizer.precision import default_num_threads
+from featurizer.runtime import default_num_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore:USING RANDOM WEIGHTS")
 
