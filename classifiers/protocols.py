@@ -83,24 +83,14 @@ class ProtocolResult:
     @property
     def mean(self) -> float:
         """Mean over splits of the mean per-class accuracy (the papers' number)."""
-        return self._spread("mean_class_accuracy")[0]
+        return self.spread("mean_class_accuracy")[0]
 
     @property
     def std(self) -> float:
         """Population std over splits of the mean per-class accuracy."""
-        return self._spread("mean_class_accuracy")[1]
+        return self.spread("mean_class_accuracy")[1]
 
-    @property
-    def accuracy_mean(self) -> float:
-        """Mean over splits of the overall accuracy."""
-        return self._spread("accuracy")[0]
-
-    @property
-    def accuracy_std(self) -> float:
-        """Population std over splits of the overall accuracy."""
-        return self._spread("accuracy")[1]
-
-    def _spread(self, metric: str) -> tuple[float, float]:
+    def spread(self, metric: str) -> tuple[float, float]:
         """Mean and population std (ddof=0) of ``metric`` over the splits."""
         values = [getattr(split, metric) for split in self.splits]
         return float(np.mean(values)), float(np.std(values))
@@ -129,7 +119,7 @@ class ProtocolResult:
             "params": self.params,
             "metric": "mean_per_class_accuracy",
             "mean_class_accuracy": {"mean": self.mean, "std": self.std},
-            "accuracy": {"mean": self.accuracy_mean, "std": self.accuracy_std},
+            "accuracy": dict(zip(("mean", "std"), self.spread("accuracy"), strict=True)),
             "per_class_accuracy": self.per_class_accuracy,
             "confusion": {"classes": self.classes, "matrix": self.confusion.tolist()},
             "chosen_C": self.chosen_C,
@@ -138,9 +128,10 @@ class ProtocolResult:
         }
 
     def table(self) -> str:
+        overall, overall_std = self.spread("accuracy")
         return (
             f"{self.protocol}: mean per-class accuracy {100 * self.mean:.2f} ± {100 * self.std:.2f}"
-            f" (overall {100 * self.accuracy_mean:.2f} ± {100 * self.accuracy_std:.2f},"
+            f" (overall {100 * overall:.2f} ± {100 * overall_std:.2f},"
             f" {len(self.splits)} splits, C {', '.join(f'{c:.3g}' for c in self.chosen_C)})"
         )
 

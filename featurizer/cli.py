@@ -107,17 +107,24 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_extract)
 
 
+def _add_store_command(sub: argparse._SubParsersAction, name: str, func: Any, **texts: str) -> None:
+    """A command over one STORE with a ``--json`` switch (``texts``: help, description)."""
+    parser = sub.add_parser(name, **texts)
+    parser.add_argument("store", metavar="STORE")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=func)
+
+
 def _register_info(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    _add_store_command(
+        sub,
         "info",
+        run_info,
         help="summarise a feature store",
         description="Show what a feature store holds, and check every part against the "
         "manifest (rows, layer dimensions) from the Parquet footers. Exit status 1 if the "
         "store is damaged.",
     )
-    parser.add_argument("store", metavar="STORE")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.set_defaults(func=run_info)
 
 
 def _register_store(sub: argparse._SubParsersAction) -> None:
@@ -125,16 +132,15 @@ def _register_store(sub: argparse._SubParsersAction) -> None:
         "store", help="maintain feature stores", description="Maintain feature stores."
     )
     commands = parser.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
-    upgrade = commands.add_parser(
+    _add_store_command(
+        commands,
         "upgrade",
+        run_store_upgrade,
         help="convert a store to the current format, in place",
         description="Convert a format-version-1 store (manifest.json, errors.jsonl) to version "
         "2 (_manifest.json, _errors.jsonl: Parquet readers then take the directory itself). "
         "Parts are kept; an interrupted upgrade leaves a valid store, and rerunning finishes it.",
     )
-    upgrade.add_argument("store", metavar="STORE")
-    upgrade.add_argument("--json", action="store_true", help="print the result as JSON")
-    upgrade.set_defaults(func=run_store_upgrade)
 
 
 # --------------------------------------------------------------------------- extract

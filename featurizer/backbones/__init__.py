@@ -58,6 +58,7 @@ REDUCTIONS: tuple[Reduction, ...] = get_args(Reduction)
 Stage = tuple[str, "Callable[[Tensor], Tensor]"]
 
 TORCHVISION_LICENSE = "BSD-3-Clause (torchvision model weights)"
+TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 # torchvision names its files <arch>-<first 8 hex chars of the sha256>.pth (torch.hub's HASH_REGEX).
 _HASHED_FILENAME = re.compile(r"-(?P<prefix>[0-9a-f]{8,})\.(pth|pt)$")
@@ -117,6 +118,21 @@ class WeightTag:
                 f"weight tag {self.name}: file name {self.filename!r} carries no sha256 prefix "
                 "(expected <name>-<8+ hex>.pth, torchvision's convention)"
             )
+
+    @classmethod
+    def torchvision(
+        cls,
+        name: str,
+        filename: str,
+        accuracy: tuple[float, float],
+        preprocess: PreprocessSpec | None = None,
+        license: str = TORCHVISION_LICENSE,
+    ) -> WeightTag:
+        """A tag of torchvision's download site; ``accuracy`` is (acc@1, acc@5). The default
+        preprocessing is torchvision's classic one (resize 256, crop 224, bilinear)."""
+        acc1, acc5 = accuracy
+        spec = preprocess or PreprocessSpec()
+        return cls(name, TORCHVISION_URL + filename, spec, acc1, acc5, license)
 
     @property
     def filename(self) -> str:

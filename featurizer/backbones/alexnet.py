@@ -12,8 +12,7 @@ is not overwritten by the ReLU that makes ``decaf6``.
 from __future__ import annotations
 
 from featurizer.backbones import Backbone, Tap, WeightTag, register
-from featurizer.backbones._plans import features_avgpool_classifier
-from featurizer.spec import PreprocessSpec
+from featurizer.backbones._plans import fc_head_taps, features_avgpool_classifier
 
 ALEXNET = register(
     Backbone(
@@ -22,21 +21,11 @@ ALEXNET = register(
         builder="torchvision.models.alexnet",
         taps=(
             Tap("decaf5", "flatten", 9216, "pool5: conv5 -> ReLU -> max-pool, flattened 256x6x6"),
-            Tap("decaf6_pre", "classifier.1", 4096, "fc6 before ReLU"),
-            Tap("decaf6", "classifier.2", 4096, "fc6 after ReLU"),
-            Tap("decaf7_pre", "classifier.4", 4096, "fc7 before ReLU"),
-            Tap("decaf7", "classifier.5", 4096, "fc7 after ReLU"),
-            Tap("logits", "classifier.6", 1000, "fc8: ImageNet class scores (before softmax)"),
+            *fc_head_taps("decaf", first_fc=1),
         ),
         default_layers=("decaf6", "decaf7"),
         weight_tags=(
-            WeightTag(
-                name="IMAGENET1K_V1",
-                url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-                preprocess=PreprocessSpec(resize=256, crop=224, interpolation="bilinear"),
-                acc1=56.522,
-                acc5=79.066,
-            ),
+            WeightTag.torchvision("IMAGENET1K_V1", "alexnet-owt-7be5be79.pth", (56.522, 79.066)),
         ),
         default_tag_name="IMAGENET1K_V1",
         plan=features_avgpool_classifier,

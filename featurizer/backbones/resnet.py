@@ -52,19 +52,13 @@ RESNET50 = register(
         ),
         default_layers=("pool",),
         weight_tags=(
-            WeightTag(
-                name="IMAGENET1K_V1",
-                url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
-                preprocess=PreprocessSpec(resize=256, crop=224, interpolation="bilinear"),
-                acc1=76.130,
-                acc5=92.862,
-            ),
-            WeightTag(
-                name="IMAGENET1K_V2",
-                url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
-                preprocess=PreprocessSpec(resize=232, crop=224, interpolation="bilinear"),
-                acc1=80.858,
-                acc5=95.434,
+            WeightTag.torchvision("IMAGENET1K_V1", "resnet50-0676ba61.pth", (76.130, 92.862)),
+            # The V2 recipe was evaluated at resize 232 (torchvision's ResNet50_Weights).
+            WeightTag.torchvision(
+                "IMAGENET1K_V2",
+                "resnet50-11ad3fa6.pth",
+                (80.858, 95.434),
+                PreprocessSpec(resize=232),
             ),
         ),
         default_tag_name="IMAGENET1K_V2",

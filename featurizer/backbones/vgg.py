@@ -11,8 +11,7 @@ the ReLUs after ``pool5`` out-of-place so ``fc6_pre``/``fc7_pre`` stay pre-ReLU.
 from __future__ import annotations
 
 from featurizer.backbones import Backbone, Tap, WeightTag, register
-from featurizer.backbones._plans import features_avgpool_classifier
-from featurizer.spec import PreprocessSpec
+from featurizer.backbones._plans import fc_head_taps, features_avgpool_classifier
 
 VGG16 = register(
     Backbone(
@@ -21,21 +20,11 @@ VGG16 = register(
         builder="torchvision.models.vgg16",
         taps=(
             Tap("pool5", "flatten", 25088, "pool5: last max-pool, flattened 512x7x7"),
-            Tap("fc6_pre", "classifier.0", 4096, "fc6 before ReLU"),
-            Tap("fc6", "classifier.1", 4096, "fc6 after ReLU"),
-            Tap("fc7_pre", "classifier.3", 4096, "fc7 before ReLU"),
-            Tap("fc7", "classifier.4", 4096, "fc7 after ReLU"),
-            Tap("logits", "classifier.6", 1000, "fc8: ImageNet class scores (before softmax)"),
+            *fc_head_taps("fc", first_fc=0),
         ),
         default_layers=("fc6", "fc7"),
         weight_tags=(
-            WeightTag(
-                name="IMAGENET1K_V1",
-                url="https://download.pytorch.org/models/vgg16-397923af.pth",
-                preprocess=PreprocessSpec(resize=256, crop=224, interpolation="bilinear"),
-                acc1=71.592,
-                acc5=90.382,
-            ),
+            WeightTag.torchvision("IMAGENET1K_V1", "vgg16-397923af.pth", (71.592, 90.382)),
         ),
         default_tag_name="IMAGENET1K_V1",
         plan=features_avgpool_classifier,

@@ -67,19 +67,12 @@ VIT_B_16 = register(
         ),
         default_layers=("cls",),
         weight_tags=(
-            WeightTag(
-                name="IMAGENET1K_V1",
-                url="https://download.pytorch.org/models/vit_b_16-c867db91.pth",
-                preprocess=PreprocessSpec(resize=256, crop=224, interpolation="bilinear"),
-                acc1=81.072,
-                acc5=95.318,
-            ),
-            WeightTag(
-                name="IMAGENET1K_SWAG_LINEAR_V1",
-                url="https://download.pytorch.org/models/vit_b_16_lc_swag-4e70ced5.pth",
-                preprocess=PreprocessSpec(resize=224, crop=224, interpolation="bicubic"),
-                acc1=81.886,
-                acc5=96.180,
+            WeightTag.torchvision("IMAGENET1K_V1", "vit_b_16-c867db91.pth", (81.072, 95.318)),
+            WeightTag.torchvision(
+                "IMAGENET1K_SWAG_LINEAR_V1",
+                "vit_b_16_lc_swag-4e70ced5.pth",
+                (81.886, 96.180),
+                PreprocessSpec(resize=224, crop=224, interpolation="bicubic"),
                 license=_SWAG_LICENSE,
             ),
         ),
