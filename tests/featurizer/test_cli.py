@@ -238,3 +238,27 @@ def test_help_imports_no_heavy_module() -> None:
     assert "see `decaf backbones`" in done.stdout
     assert "decaf6" not in done.stdout, "layer help must not hard-code AlexNet's taps"
     assert json.loads(done.stderr.strip().splitlines()[-1]) == []
+
+
+def test_extract_with_another_backbone_writes_a_store_any_parquet_reader_opens(
+    images: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """The issue's acceptance run: `decaf extract ROOT --out S --backbone resnet50 --layers pool
+    --weights random`, then `pandas.read_parquet(S)` with no glob."""
+    import pandas as pd
+
+    root, _ = images
+    out = tmp_path / "r50"
+    command = ["extract", str(root), "--out", str(out), "--backbone", "resnet50"]
+    options = ["--layers", "pool", "--weights", "random", "--workers", "0", "--json"]
+    done = subprocess.run(
+        [*DECAF, *command, *options],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["backbone"] == "resnet50" and manifest["layers"] == {"pool": 2048}
+    assert manifest["preprocessing"]["resize"] == 232  # the default tag's (IMAGENET1K_V2)
+    frame = pd.read_parquet(out)
+    assert len(frame) == manifest["num_images"] == json.loads(done.stdout)["num_images"] > 0
+    assert list(frame.columns) == ["path", "label", "pool"] and len(frame["pool"][0]) == 2048

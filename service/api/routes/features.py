@@ -10,11 +10,12 @@ image's problem in `errors`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from fastapi import File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
+from featurizer.options import CROP_MODES
 from service.api.deps import ModelsDep, SettingsDep, UploadsDep
 from service.api.errors import problem_responses
 from service.api.routing import v1_router
@@ -22,7 +23,9 @@ from service.feature_encoding import features_response
 from service.feature_options import (
     NPY_MEDIA_TYPE,
     NPZ_MEDIA_TYPE,
+    OUTPUT_FORMATS,
     FeatureOptions,
+    OutputDtype,
     check_representable,
     choose_format,
     parse_crop,
@@ -62,10 +65,12 @@ async def post_features(
     layers: Annotated[
         str | None, Query(description="comma list or 'all'; default: the backbone's default")
     ] = None,
-    crop: Annotated[str | None, Query(description="center | tencrop")] = None,
+    crop: Annotated[str | None, Query(description=" | ".join(CROP_MODES))] = None,
     normalize: Annotated[str | None, Query(description="l2 | none")] = None,
-    dtype: Annotated[str | None, Query(description="float32 | float16")] = None,
-    format: Annotated[str | None, Query(description="json | npy | npz (else Accept)")] = None,
+    dtype: Annotated[str | None, Query(description=" | ".join(get_args(OutputDtype)))] = None,
+    format: Annotated[
+        str | None, Query(description=" | ".join(OUTPUT_FORMATS) + " (else Accept)")
+    ] = None,
     backbone_form: Annotated[str | None, Form(alias="backbone")] = None,
     layers_form: Annotated[str | None, Form(alias="layers")] = None,
     crop_form: Annotated[str | None, Form(alias="crop")] = None,
