@@ -87,10 +87,11 @@ class _TorchEngine(Engine):
         import torch
 
         from classifiers import torch_solver
+        from featurizer.precision import resolve_device  # one definition of "auto"
 
         self.torch = torch
         self.ts = torch_solver
-        self.device = torch_solver.resolve_device(self.probe.device)
+        self.device = resolve_device(self.probe.device)
         self.tdtype = torch.float64 if self.probe.dtype == "float64" else torch.float32
 
     def _problem(self, rows: np.ndarray | None) -> Any:

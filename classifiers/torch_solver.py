@@ -36,13 +36,6 @@ class LinearSolution:
     n_iter: int
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def n_outputs(n_classes: int) -> int:
     """Binary problems use one score column (like sklearn); multiclass one per class."""
     return 1 if n_classes == 2 else n_classes
