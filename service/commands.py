@@ -12,6 +12,7 @@ import argparse
 import os
 
 # Light on purpose: `decaf serve --help` must not import the web stack or the model.
+from featurizer.backbones import DEFAULT_BACKBONE, backbone_names
 from featurizer.options import CROP_MODES, PRECISIONS
 
 # flag destination -> DECAF_* variable it overrides
@@ -52,7 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--weights", help="imagenet (default), a .pth file, or random (offline trials only)"
     )
-    parser.add_argument("--backbone", help="backbone name (default alexnet)")
+    parser.add_argument(
+        "--backbone",
+        choices=backbone_names(),
+        help=f"the backbone to serve (default {DEFAULT_BACKBONE}; see `decaf backbones`)",
+    )
     parser.add_argument(
         "--backbones",
         help="comma list of backbones to serve, each loaded once; the first is the default",

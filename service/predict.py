@@ -71,7 +71,7 @@ async def predict_uploads(
         files, model=model, layers=[row.layer], crop=crop, receive=receive
     )
     ok = [r.features[row.layer] for r in results if r.features is not None]
-    scores, kind = np.empty((0, len(row.classes))), probe.score_kind
+    scores = np.empty((0, len(row.classes)))
     if ok:
         features = np.stack(ok).astype(np.float32)
         scores = await asyncio.to_thread(probe.scores, features)
@@ -80,7 +80,7 @@ async def predict_uploads(
         "probe_id": row.id,
         "backbone": model.name,
         "layer": row.layer,
-        "score_kind": kind,
+        "score_kind": probe.score_kind,
         "results": _ranked(results, iter(scores), classes, top_k),
     }
 
