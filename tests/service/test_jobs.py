@@ -82,15 +82,6 @@ def extraction_params(env: dict[str, Any], name: str, root: Path, **extra: Any) 
     return params
 
 
-def wait_until(predicate: Any, timeout_s: float = 60.0) -> None:
-    event = threading.Event()
-    for _ in range(int(timeout_s / 0.02)):
-        if predicate():
-            return
-        event.wait(0.02)
-    raise AssertionError("condition not reached in time")
-
-
 def test_extraction_job_runs_to_completion(env: dict[str, Any]) -> None:
     root = make_image_tree(env["tmp"] / "roots" / "pets", per_class=5)
     (root / "cat" / "broken.jpg").write_bytes(b"not an image at all")
@@ -143,15 +134,41 @@ def test_unknown_kind_and_unknown_job(env: dict[str, Any]) -> None:
         jobs.shutdown()
 
 
+def paused_extraction(env: dict[str, Any], after: int, reached: threading.Event) -> Any:
+    """The extraction handler, held in its progress report once `after` files are done until
+    the job is told to stop (cancel or shutdown) — once; later jobs run straight through.
+
+    So how fast this machine extracts cannot decide whether the job is still running when the
+    test stops it.
+    """
+    run = extraction_handler(env["factory"])
+
+    def handler(ctx: Any) -> dict[str, Any]:
+        report = ctx.report
+
+        def report_then_pause(progress: dict[str, Any], *, force: bool = False) -> None:
+            report(progress, force=force)
+            if progress.get("done", 0) >= after and not reached.is_set():
+                reached.set()
+                ctx.stop_event.wait(timeout=60)
+
+        ctx.report = report_then_pause
+        return run(ctx)
+
+    return handler
+
+
 def test_cancel_queued_and_running_then_resume(env: dict[str, Any]) -> None:
     root = make_image_tree(env["tmp"] / "roots" / "big", per_class=24)  # 48 images, 6 parts
     small = make_image_tree(env["tmp"] / "roots" / "small", per_class=2)
-    jobs = manager(env)  # one worker: the second job waits in the queue
+    reached = threading.Event()
+    # One worker: the second job waits in the queue.
+    jobs = manager(env, {"extraction": paused_extraction(env, 8, reached)})
     try:
         running = jobs.submit("extraction", extraction_params(env, "big", root), dataset="big")
         queued = jobs.submit("extraction", extraction_params(env, "small", small))
         assert jobs.cancel(queued["id"])["status"] == "cancelled"
-        wait_until(lambda: jobs.get(running["id"])["progress"].get("done", 0) >= 8)
+        assert reached.wait(timeout=60), "the job never reported 8 files done"
         asked = jobs.cancel(running["id"])
         assert asked["cancel_requested"] is True
         stopped = jobs.wait(running["id"])
@@ -212,13 +229,12 @@ def test_start_recovers_jobs_a_crash_left_behind(env: dict[str, Any]) -> None:
 
 def test_graceful_shutdown_pauses_and_next_start_resumes(env: dict[str, Any]) -> None:
     root = make_image_tree(env["tmp"] / "roots" / "pause", per_class=16)  # 32 images
-    jobs = manager(env)
+    reached = threading.Event()
+    jobs = manager(env, {"extraction": paused_extraction(env, 8, reached)})
     job = jobs.submit("extraction", extraction_params(env, "pause", root))
-    wait_until(lambda: jobs.get(job["id"])["progress"].get("done", 0) >= 8)
+    assert reached.wait(timeout=60), "the job never reported 8 files done"
     jobs.shutdown()
     paused = jobs.get(job["id"])
-    if paused["status"] == "succeeded":
-        pytest.skip("the machine finished the job before the shutdown reached it")
     assert paused["status"] == "queued", paused
     assert "paused by a server shutdown" in paused["note"]
     again = manager(env)
