@@ -317,6 +317,11 @@ async def _until(condition, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def _queued_items_cancelled(batcher: MicroBatcher) -> list[bool]:
+    """Whether each item waiting in the batcher's queue was cancelled (white-box: its deque)."""
+    return [item.future.cancelled() for item in list(batcher._queue.queue)]
+
+
 def test_disconnected_client_does_not_cost_a_forward_pass(serve, shared_featurizer):
     server = serve(max_queue=8, max_batch_size=1, max_wait_ms=0)
     host, port = server.base_url.removeprefix("http://").split(":")
@@ -333,7 +338,8 @@ def test_disconnected_client_does_not_cost_a_forward_pass(serve, shared_featuriz
                 sock.sendall(_raw_multipart(jpeg_bytes(2)))
                 await _until(lambda: server.batcher.queue_depth == 1)
                 sock.close()
-                await asyncio.sleep(0.3)  # the server notices and cancels request 2
+                # The server notices the hang-up and cancels request 2's queued item.
+                await _until(lambda: _queued_items_cancelled(server.batcher) == [True])
             finally:
                 shared_featurizer._lock.release()
             return await first
