@@ -54,6 +54,8 @@ class DecafBackbone(nn.Module):
         # (x / 255 - mean) / std folded into one multiply-add.
         self.register_buffer("input_scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("input_shift", -mean / std, persistent=False)
+        # Decoders give RGB; a BGR network (Caffe) gets its channels reversed in forward.
+        self.reverse_channels = spec.channel_order == "bgr"
         self.compute_dtype = torch.float32
         self.memory_format = torch.channels_last
         self.rebuild_plan()
@@ -99,6 +101,8 @@ class DecafBackbone(nn.Module):
         if images.dtype != torch.uint8:
             raise TypeError(f"expected a uint8 image batch, got {images.dtype}")
         images = images.to(self.input_scale.device, non_blocking=True)
+        if self.reverse_channels:
+            images = images.flip(1)  # RGB -> BGR on uint8, before the float copy
         # One converting copy straight into the conv layout, then in-place scale and shift:
         # measured ~2x faster than x.float() * scale + shift followed by a layout change.
         x = torch.empty(
@@ -152,4 +156,3 @@ def build_backbone(backbone: Backbone | str, weights: LoadedWeights) -> DecafBac
         ) from exc
     net = net.to(memory_format=torch.channels_last)
     return DecafBackbone(record, net, weights.preprocess)
-

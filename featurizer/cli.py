@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from featurizer.extraction import ExtractionProgress
     from featurizer.store import StoreInfo
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     _register_extract(sub)
     _register_info(sub)

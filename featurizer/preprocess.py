@@ -53,7 +53,9 @@ __all__ = [
     "PreprocessSpec",
     "load_and_preprocess",
     "preprocess",
+    "resize_for_spec",
     "resize_shorter_side",
+    "resized_size",
 ]
 
 # Every name featurizer.spec.INTERPOLATIONS allows (tests/featurizer/test_preprocess.py checks).
@@ -66,7 +68,7 @@ _RESAMPLE: dict[Interpolation, Image.Resampling] = {
 
 
 def preprocess(image: Image.Image, spec: PreprocessSpec, crop: CropMode = "center") -> torch.Tensor:
-    """Resize the shorter side to ``spec.resize`` and crop to a uint8 CHW tensor.
+    """Resize per ``spec.resize_mode`` and crop to a uint8 CHW tensor (RGB order).
 
     Returns ``(3, spec.crop, spec.crop)`` for ``"center"`` and ``(10, 3, spec.crop, spec.crop)``
     for ``"tencrop"`` (order in the module docstring). ``image`` must be RGB: pass files through
@@ -77,7 +79,7 @@ def preprocess(image: Image.Image, spec: PreprocessSpec, crop: CropMode = "cente
             f"preprocess expects an RGB image, got mode {image.mode!r}; "
             "decode it with featurizer.images.decode_image first"
         )
-    resized = resize_shorter_side(image, spec.resize, spec.interpolation)
+    resized = resize_for_spec(image, spec)
     if crop == "center":
         return _center_crop(resized, spec.crop)
     if crop == "tencrop":
@@ -97,6 +99,11 @@ def load_and_preprocess(
     return preprocess(image, spec, crop)
 
 
+def resize_for_spec(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """The spec's resize: shorter side to ``spec.resize`` or, for ``"stretch"``, both sides."""
+    return _resize(image, spec.resize, spec.interpolation, stretch=spec.resize_mode == "stretch")
+
+
 def resize_shorter_side(
     image: Image.Image, size: int, interpolation: str = "bilinear"
 ) -> Image.Image:
@@ -106,14 +113,18 @@ def resize_shorter_side(
     comes from the full picture's size and the resize maps the recorded box, so the geometry is
     the one a full decode would have had, to a fraction of a pixel.
     """
+    return _resize(image, size, interpolation, stretch=False)
+
+
+def _resize(image: Image.Image, size: int, interpolation: str, *, stretch: bool) -> Image.Image:
     draft = _draft_geometry(image)
     if draft is None:
-        new_size = _resized_size(image.width, image.height, size)
+        new_size = resized_size(image.width, image.height, size, stretch=stretch)
         if new_size == image.size:
             return image
         return image.resize(new_size, resample=_RESAMPLE[interpolation])
     full_size, box = draft
-    new_size = _resized_size(full_size[0], full_size[1], size)
+    new_size = resized_size(full_size[0], full_size[1], size, stretch=stretch)
     return image.resize(new_size, resample=_RESAMPLE[interpolation], box=box)
 
 
@@ -124,7 +135,10 @@ def _draft_geometry(image: Image.Image) -> tuple[tuple[int, int], Box] | None:
     return info[DRAFT_FULL_SIZE_KEY], info[DRAFT_BOX_KEY]
 
 
-def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+def resized_size(width: int, height: int, size: int, *, stretch: bool = False) -> tuple[int, int]:
+    """Output (width, height) of the spec's resize; shared by every decoder implementation."""
+    if stretch:
+        return size, size
     if width <= height:
         return size, int(size * height / width)
     return int(size * width / height), size

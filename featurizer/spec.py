@@ -16,13 +16,28 @@ from typing import Any, Literal, get_args
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
 
+# "shorter": torchvision's Resize(int) (shorter side -> resize, aspect kept); "stretch": both sides
+# -> resize, aspect lost, as Caffe's ``caffe.io.resize_image`` to 256x256 did for DeCAF.
+ResizeMode = Literal["shorter", "stretch"]
+RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)
+
+# The channel order the network expects; decoders always produce RGB and the model's input
+# normalisation reorders (Caffe networks were trained on OpenCV's BGR).
+ChannelOrder = Literal["rgb", "bgr"]
+CHANNEL_ORDERS: tuple[ChannelOrder, ...] = get_args(ChannelOrder)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How an RGB image becomes network input; part of every manifest and saved probe."""
+    """How an RGB image becomes network input; part of every manifest and saved probe.
+
+    ``mean``/``std`` are in the 0-1 scale and in the network's channel order (``channel_order``):
+    the model computes ``(x / 255 - mean) / std``. Caffe's "0-255 minus the BGR mean" is
+    ``mean = bgr_mean / 255``, ``std = 1 / 255``.
+    """
 
     resize: int = 256
     crop: int = 224
@@ -30,6 +45,8 @@ class PreprocessSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     antialias: bool = True
+    resize_mode: ResizeMode = "shorter"
+    channel_order: ChannelOrder = "rgb"
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep the frozen spec hashable and comparable.
@@ -44,6 +61,14 @@ class PreprocessSpec:
         if not self.antialias and self.interpolation != "nearest":
             # PIL (the resize used here and by torchvision on PIL input) always antialiases.
             raise ValueError("antialias=False is not supported: PIL resizing always antialiases")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(
+                f"unknown resize_mode {self.resize_mode!r}; choose from {list(RESIZE_MODES)}"
+            )
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(
+                f"unknown channel_order {self.channel_order!r}; choose from {list(CHANNEL_ORDERS)}"
+            )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
 

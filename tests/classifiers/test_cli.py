@@ -27,9 +27,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def choices(subcommand: str, flag: str) -> tuple:
-    probe = next(
-        a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)
-    ).choices["probe"]
+    probe = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "probe"
+    ]
     sub = next(a for a in probe._actions if isinstance(a, argparse._SubParsersAction))
     (action,) = [a for a in sub.choices[subcommand]._actions if flag in a.option_strings]
     return tuple(action.choices)

@@ -158,9 +158,7 @@ def test_parameter_names_cover_every_parameter():
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
-@pytest.mark.parametrize(
-    ("classifier", "kind"), [("logreg", "probability"), ("svm", "margin")]
-)
+@pytest.mark.parametrize(("classifier", "kind"), [("logreg", "probability"), ("svm", "margin")])
 def test_scores_and_score_kind(separable, classifier, kind, n_classes):
     Xtr, ytr, Xte, _ = separable
     keep = np.isin(ytr, [f"class{c:03d}" for c in range(n_classes)])

@@ -60,6 +60,15 @@ def test_mean_and_std_come_from_the_weights_preprocessing(weights, images):
     )
 
 
+def test_bgr_weights_get_their_channels_reversed_before_the_mean(weights, images):
+    caffe_like = PreprocessSpec(
+        mean=(104 / 255, 117 / 255, 123 / 255), std=(1 / 255,) * 3, channel_order="bgr"
+    )
+    backbone = build_backbone(ALEXNET, dataclasses.replace(weights, preprocess=caffe_like))
+    expected = images.flip(1).float() - torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(backbone.normalize(images), expected, atol=1e-4, rtol=0)
+
+
 def test_plan_must_reach_every_tap(backbone):
     lost = Tap("lost", "classifier.99", 4096, "a node the plan does not have")
     record = dataclasses.replace(ALEXNET, taps=(*ALEXNET.taps, lost))

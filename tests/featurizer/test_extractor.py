@@ -130,6 +130,8 @@ def test_describe_is_json_safe_and_complete(fz):
             "std": [0.229, 0.224, 0.225],
             "interpolation": "bilinear",
             "antialias": True,
+            "resize_mode": "shorter",
+            "channel_order": "rgb",
             "crop_mode": "center",
         },
         "precision": "fp32",

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from featurizer.images import decode_image
-from featurizer.preprocess import PreprocessSpec, load_and_preprocess, preprocess
+from featurizer.preprocess import PreprocessSpec, load_and_preprocess, preprocess, resize_for_spec
 
 from .conftest import ImageFiles, encode, textured_rgb
 
@@ -118,6 +118,8 @@ def test_spec_round_trips_through_json_and_validates() -> None:
         "std": [0.229, 0.224, 0.225],
         "interpolation": "bilinear",
         "antialias": True,
+        "resize_mode": "shorter",
+        "channel_order": "rgb",
     }
     assert PreprocessSpec.from_dict({**data, "crop_mode": "center"}) == SPEC
     assert hash(PreprocessSpec.from_dict(data)) == hash(SPEC)
@@ -182,3 +184,21 @@ def test_every_interpolation_the_spec_allows_has_a_pil_filter() -> None:
 
     assert PreprocessSpec is spec_module.PreprocessSpec  # re-exported, one class
     assert set(_RESAMPLE) == set(spec_module.INTERPOLATIONS)
+
+
+def test_stretch_resize_mode_ignores_aspect_ratio():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 160, 3), np.uint8))
+    spec = PreprocessSpec(resize=64, crop=56, resize_mode="stretch")
+    resized = resize_for_spec(image, spec)
+    assert resized.size == (64, 64)
+    np.testing.assert_array_equal(
+        np.asarray(resized), np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR))
+    )
+    assert preprocess(image, spec).shape == (3, 56, 56)
+
+
+def test_unknown_resize_mode_and_channel_order_are_refused():
+    with pytest.raises(ValueError, match="resize_mode"):
+        PreprocessSpec(resize_mode="fit")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="channel_order"):
+        PreprocessSpec(channel_order="rbg")  # type: ignore[arg-type]

@@ -18,8 +18,7 @@ from tests.service._service_helpers import jpeg_bytes, problem
 
 def tensors(featurizer, count: int, crop: str = "center") -> list[torch.Tensor]:
     return [
-        load_and_preprocess(jpeg_bytes(seed), featurizer.preprocess, crop)
-        for seed in range(count)
+        load_and_preprocess(jpeg_bytes(seed), featurizer.preprocess, crop) for seed in range(count)
     ]
 
 
