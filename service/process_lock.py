@@ -1,8 +1,11 @@
-"""A per-process advisory lock on a file: who recovers the jobs of a data directory.
+"""A per-process advisory lock on a file: proof that a server process is alive.
 
-With several server processes on one data directory (uvicorn `--workers N`, several replicas on
-shared storage), exactly one of them must requeue the jobs a crash left behind; the others wait
-for the lock and take over when its owner is gone.
+With SQLite, every server process on a data directory (uvicorn `--workers N`) holds the lock file
+named after its job-owner id for its lifetime (`service.jobs`). The kernel drops the lock when the
+process dies, even on SIGKILL, so another process can tell at once that the owner of a `running`
+job is gone and resume the job without waiting out its lease. Only SQLite relies on it: all its
+processes share one machine's kernel, whereas replicas on other machines (PostgreSQL) may sit on
+shared storage whose locks are not shared, and wait for the lease instead.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ class ProcessLock:
             self._handle = handle
             self._held_here.add(self.path)
             return True
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
 
     def release(self) -> None:
         with self._guard:

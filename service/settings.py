@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0)
     decode_threads: int = Field(2, ge=1)
     job_workers: int = Field(1, ge=1)
+    # Several replicas on one PostgreSQL (see README, "Several replicas"): a running job is
+    # leased by its replica, renewed every third of the lease; another replica takes it over
+    # once the lease has run out (its replica died), so the lease bounds that delay.
+    job_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="how long a running job stays with its replica without a heartbeat",
+    )
+    job_poll_s: float = Field(
+        1.0, gt=0, description="how often an idle replica looks for queued jobs"
+    )
 
     # Distributed extraction (engine "ray"). A server setting only: a request must never be
     # able to point this server at an arbitrary cluster.

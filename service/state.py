@@ -1,10 +1,14 @@
 """Persistent state of the service: jobs, feature stores and probes (SQLAlchemy 2.x).
 
 SQLite is the default (a file inside `DECAF_DATA_DIR`), opened in WAL mode so the job threads
-and the request handlers can write concurrently; any other SQLAlchemy URL (`DECAF_DATABASE_URL`,
-e.g. `postgresql+psycopg://...`) works too because the models use portable column types only.
-Large things never go into the database: stores live under `data_dir/datasets/<name>/` and
-probes under `data_dir/probes/<id>/`; the tables only index them.
+and the request handlers (and `--workers N` processes on one machine) can write concurrently.
+PostgreSQL (`DECAF_DATABASE_URL=postgresql+psycopg://...`, the `postgres` extra) is what several
+replicas share; the test suite runs the state, job, dataset and probe tests on both. The models use
+portable column types only. Large things never go into the database: stores live under
+`data_dir/datasets/<name>/` and probes under `data_dir/probes/<id>/`; the tables only index them.
+
+The schema is created on open and only ever grows: a column added by a later version is added to
+an existing table (nullable, no default to backfill), so an older database opens as it is.
 """
 
 from __future__ import annotations
@@ -16,9 +20,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.schema import CreateColumn
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +45,7 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "in
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 ACTIVE_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 FINAL_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled", "interrupted")
+SCHEMA_LOCK_KEY = 0x_DECAF  # PostgreSQL advisory lock held while the schema is created
 
 
 def utcnow() -> datetime:
@@ -62,6 +81,12 @@ class JobRow(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The replica running the job and until when it holds it; renewed by that replica's
+    # heartbeat. Another replica may take a `running` job over once its lease has expired.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -121,14 +146,58 @@ def create_db_engine(url: str) -> Engine:
     return engine
 
 
+def _add_missing_columns(connection: Connection) -> None:
+    """Add the columns a newer version declares to tables an older version created."""
+    inspector = inspect(connection)
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"cannot add NOT NULL column {table.name}.{column.name} to an existing table"
+                )
+            ddl = CreateColumn(column).compile(dialect=connection.dialect)
+            log.info("adding column %s.%s to the database", table.name, column.name)
+            connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
 class Database:
-    """Engine + session factory; tables are created on open (the schema is small and additive)."""
+    """Engine + session factory; tables (and columns added since) are created on open."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_db_engine(url)
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            if self.backend == "postgresql":
+                # Replicas starting together: one creates the schema, the others wait for it
+                # (PostgreSQL's DDL is transactional; the lock ends with the transaction).
+                connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+            Base.metadata.create_all(connection)
+            _add_missing_columns(connection)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def backend(self) -> str:
+        """The SQLAlchemy backend name: "sqlite", "postgresql", ..."""
+        return self.engine.dialect.name
+
+    def now(self, session: Session) -> datetime:
+        """The current time in UTC by the database's clock where it has one worth trusting.
+
+        Leases are compared against this time by every replica, so with a server database
+        (PostgreSQL) the replicas' own clocks may drift apart without a replica taking over a
+        job that is still alive. SQLite lives on one machine: its clock is everyone's.
+        """
+        if self.backend == "sqlite":
+            return utcnow()
+        moment = session.scalar(select(func.now()))
+        if not isinstance(moment, datetime):  # pragma: no cover - exotic drivers
+            return utcnow()
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:

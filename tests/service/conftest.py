@@ -1,12 +1,19 @@
-"""Fixtures of the service tests: settings, apps, a real uvicorn server, small images.
+"""Fixtures of the service tests: settings, apps, a real uvicorn server, small images, databases.
 
 One random-weight AlexNet is loaded per test session and shared by every app
 (`create_app(settings, featurizer=...)`): loading it is the slow part, and the Featurizer
 serialises its forward passes with its own lock, so several apps may use it at once.
+
+State backends: a module marked `pytest.mark.usefixtures("state_database")` runs every test twice,
+on SQLite and on a real PostgreSQL (one server per session, a fresh database per test; module
+fixtures get one of their own). The backend reaches `Settings` through `DECAF_DATABASE_URL`,
+exactly as a deployment configures it. Without PostgreSQL's binaries the PostgreSQL runs are
+skipped, unless `DECAF_TEST_REQUIRE_POSTGRES=1` (set by `make test`) makes that an error.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +26,10 @@ from featurizer.backbones import get_backbone
 from featurizer.extractor import Featurizer
 from service.app import create_app
 from service.settings import Settings
+from tests.service._postgres import PostgresServer, PostgresUnavailableError
 from tests.service._service_helpers import LiveServer, jpeg_bytes, run_server
+
+STATE_BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +118,47 @@ def serve(make_app: AppFactory) -> Iterator[Callable[..., LiveServer]]:
 def live_server(serve: Callable[..., LiveServer]) -> LiveServer:
     """A real server with default test settings."""
     return serve()
+
+
+# --------------------------------------------------------------------------- state backends
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (see tests/service/_postgres.py)."""
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailableError as exc:
+        if os.environ.get("DECAF_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _use_database(mp: pytest.MonkeyPatch, backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "sqlite":
+        mp.delenv("DECAF_DATABASE_URL", raising=False)  # the default: SQLite in the data dir
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        mp.setenv("DECAF_DATABASE_URL", server.database())
+
+
+@pytest.fixture(scope="module", params=STATE_BACKENDS)
+def state_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The module's backend, with a database for its module-scoped fixtures."""
+    with pytest.MonkeyPatch.context() as mp:
+        _use_database(mp, request.param, request)
+        yield request.param
+
+
+@pytest.fixture
+def state_database(state_backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database of the module's backend for this test; its backend name."""
+    if state_backend != "sqlite" and request.node.get_closest_marker("ray"):
+        # The Ray engine differs in how parts are computed, not in what reaches the database:
+        # its ~1 min run once (SQLite) is enough; the local engine's jobs cover PostgreSQL.
+        pytest.skip("Ray engine job: run on SQLite only")
+    with pytest.MonkeyPatch.context() as mp:
+        _use_database(mp, state_backend, request)
+        yield state_backend

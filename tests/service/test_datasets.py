@@ -19,6 +19,9 @@ from tests.service._state_helpers import (
     wait_for_job,
 )
 
+# Every test here runs on SQLite and on PostgreSQL (tests/service/conftest.py).
+pytestmark = pytest.mark.usefixtures("state_database")
+
 
 @pytest.fixture
 def api(tmp_path: Path, shared_featurizer: Any) -> Iterator[Any]:

@@ -25,6 +25,9 @@ from service.state import Database, DatasetRow, JobRow
 from service.tasks.extraction import extraction_handler
 from tests.service._state_helpers import make_image_tree, make_settings
 
+# Every test here runs on SQLite and on PostgreSQL (tests/service/conftest.py).
+pytestmark = pytest.mark.usefixtures("state_database")
+
 
 @pytest.fixture(scope="module")
 def featurizer() -> Any:

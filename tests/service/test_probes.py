@@ -21,10 +21,13 @@ from tests.service._state_helpers import (
     wait_for_job,
 )
 
+# Every test here runs on SQLite and on PostgreSQL (tests/service/conftest.py).
+pytestmark = pytest.mark.usefixtures("state_database")
+
 
 @pytest.fixture(scope="module")
-def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("probes")
+def module_dir(tmp_path_factory: pytest.TempPathFactory, state_backend: str) -> Path:
+    return tmp_path_factory.mktemp(f"probes-{state_backend}")
 
 
 @pytest.fixture(scope="module")
