@@ -141,11 +141,23 @@ def _owner_is_dead(data_dir: Path, owner: str) -> bool:
     probe = ProcessLock(path)
     if not probe.acquire():
         return False
-    try:
-        path.unlink(missing_ok=True)  # the dead process cannot clean up after itself
-    finally:
-        probe.release()
+    probe.release()  # the file stays until the owner's jobs are taken over (see the sweep)
     return True
+
+
+def _sweep_dead_owner_files(data_dir: Path, db: Database) -> None:
+    """Remove the lock files of dead processes that no longer own a running job."""
+    folder = data_dir / OWNERS_DIR
+    if not folder.is_dir():
+        return
+    with db.session() as session:
+        owning = set(
+            session.scalars(select(JobRow.owner).where(JobRow.status == "running").distinct())
+        )
+    for path in folder.glob("*.lock"):
+        owner = path.name.removesuffix(".lock")
+        if owner not in owning and _owner_is_dead(data_dir, owner):
+            path.unlink(missing_ok=True)  # a dead process cannot clean up after itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +229,7 @@ class JobManager:
         self._heartbeat_stop.clear()
         if self.db.backend == "sqlite":
             self._liveness.acquire()  # lets a restarted server see at once that we are gone
+            _sweep_dead_owner_files(self._data_dir, self.db)
         workers = max(1, int(getattr(self.settings, "job_workers", 1)))
         self._threads = [
             threading.Thread(target=self._work, name=f"decaf-job-{n}", daemon=True)

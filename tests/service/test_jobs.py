@@ -3,10 +3,7 @@ handlers registered from outside (the manager knows no kinds of its own)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -247,56 +244,6 @@ def test_graceful_shutdown_pauses_and_next_start_resumes(env: dict[str, Any]) ->
         again.shutdown()
     assert done["status"] == "succeeded"
     assert done["result"]["resumed_parts"] >= 1 and done["result"]["num_images"] == 32
-
-
-def test_only_one_manager_recovers_per_data_dir(env: dict[str, Any]) -> None:
-    # Several server workers on one data dir: only the lock holder requeues crashed jobs.
-    first = manager(env)
-    second = JobManager(env["settings"], env["db"], handlers(env))
-    try:
-        assert second._recovery_lock.acquire() is False
-    finally:
-        first.shutdown()
-    assert second._recovery_lock.acquire() is True
-    second._recovery_lock.release()
-
-
-def test_recovery_lock_is_not_kept_by_forked_children(env: dict[str, Any]) -> None:
-    # A SIGKILLed server's DataLoader workers outlive it for a few seconds; they must not keep
-    # the restarted server from recovering (what flock, shared across fork, used to do).
-    first = manager(env)
-    child = os.fork()
-    if child == 0:  # the child just sits there, like an orphaned decode worker
-        time.sleep(30)
-        os._exit(0)
-    try:
-        first._recovery_lock._handle.close()  # the parent "dies": its file handle goes away
-        first._recovery_lock._handle = None
-        first._recovery_lock._held_here.discard(first._recovery_lock.path)
-        other = JobManager(env["settings"], env["db"], handlers(env))
-        assert other._recovery_lock.acquire() is True
-        other._recovery_lock.release()
-    finally:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
-        first.shutdown()
-
-
-def test_waiting_manager_takes_over_recovery_when_the_owner_stops(
-    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("service.jobs.RECOVERY_RETRY_S", 0.05)
-    root = make_image_tree(env["tmp"] / "roots" / "takeover", per_class=2)
-    owner = manager(env)
-    _insert(env["db"], "orphan", "running", extraction_params(env, "t", root), attempts=1)
-    waiting = manager(env)  # cannot recover yet: the owner holds the lock
-    try:
-        time.sleep(0.3)
-        assert waiting.get("orphan")["status"] == "running"
-        owner.shutdown()
-        assert waiting.wait("orphan")["status"] == "succeeded"
-    finally:
-        waiting.shutdown()
 
 
 class HeldFeaturizer:
