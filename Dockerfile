@@ -36,14 +36,16 @@ COPY pyproject.toml README.md ./
 COPY featurizer ./featurizer
 COPY classifiers ./classifiers
 COPY service ./service
-RUN pip install --no-cache-dir . \
+# The `postgres` extra (psycopg) lets replicas share one PostgreSQL: DECAF_DATABASE_URL.
+RUN pip install --no-cache-dir "./[postgres]" \
     && mkdir -p /data "${TORCH_HOME}" \
     && chown -R decaf:decaf /data /home/decaf/.cache
 
 USER 10001:10001
 
 # Pretrained weights are cached under TORCH_HOME (downloaded on first start when online);
-# stores, probes and the SQLite database live in DECAF_DATA_DIR.
+# stores, probes and the SQLite database live in DECAF_DATA_DIR. Several replicas: mount one
+# shared volume at /data in each and set DECAF_DATABASE_URL=postgresql+psycopg://... (README).
 VOLUME ["/home/decaf/.cache/torch", "/data"]
 EXPOSE 8000
 

@@ -9,7 +9,7 @@ TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean postgres-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,22 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed-run
 	$(BIN)/decaf serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test
+# The state tests run on SQLite and on a real PostgreSQL server: Debian's `postgresql` package is
+# installed when its server binaries are missing (the tests find initdb under
+# /usr/lib/postgresql/*/bin and run it as the `postgres` user when run as root).
+POSTGRES_BIN = $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb))
+
+postgres-server:
+	@if [ -z "$(POSTGRES_BIN)" ]; then \
+		echo "installing Debian's postgresql package (the tests start their own server)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+
+test: $(VENV)/.installed-test postgres-server
 	$(BIN)/ruff check featurizer classifiers service tests benchmarks
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	DECAF_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/extract_throughput.py

@@ -61,7 +61,14 @@ class PostgresServer:
         self.log = self.base / "server.log"
         self._as_user: list[str] = []
         if os.geteuid() == 0:  # the server refuses root: run it as the `postgres` user
-            account = pwd.getpwnam("postgres")
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                raise PostgresUnavailableError(
+                    "PostgreSQL refuses to run as root and there is no `postgres` user to run it "
+                    "as; install Debian's `postgresql` package (it creates one) or run the tests "
+                    "as an unprivileged user"
+                ) from None
             os.chown(self.base, account.pw_uid, account.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
 
