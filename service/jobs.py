@@ -93,6 +93,12 @@ class JobManagerStoppedError(JobError):
     http_status: ClassVar[int] = 503
 
 
+class SharedSQLiteError(JobError):
+    """Another machine's server uses this data dir's SQLite database."""
+
+    http_status: ClassVar[int] = 500
+
+
 class JobConflictError(JobError):
     """The request conflicts with the job's state (e.g. cancelling a finished job)."""
 
@@ -129,14 +135,19 @@ def _owner_lock_path(data_dir: Path, owner: str) -> Path:
     return data_dir / OWNERS_DIR / f"{safe}.lock"
 
 
-def _owner_is_dead(data_dir: Path, owner: str) -> bool:
-    """True when `owner`'s lock file exists and nobody holds it: its process is gone.
+def _host_of(owner: str) -> str:
+    return owner.split(":", 1)[0]
 
-    Trusted with SQLite only, where every process shares one machine (and its kernel's locks);
-    a missing file proves nothing, so such an owner is waited out like any other lease.
+
+def _owner_is_dead(data_dir: Path, owner: str) -> bool:
+    """True when `owner` ran on this machine and nobody holds its lock file: it is gone.
+
+    Trusted with SQLite only, where every process shares one machine (and its kernel's locks).
+    A missing file, or an owner on another host (whose locks shared storage may not show us),
+    proves nothing: such an owner is waited out like any other lease.
     """
     path = _owner_lock_path(data_dir, owner)
-    if not path.exists():
+    if _host_of(owner) != socket.gethostname() or not path.exists():
         return False
     probe = ProcessLock(path)
     if not probe.acquire():
@@ -156,8 +167,28 @@ def _sweep_dead_owner_files(data_dir: Path, db: Database) -> None:
         )
     for path in folder.glob("*.lock"):
         owner = path.name.removesuffix(".lock")
-        if owner not in owning and _owner_is_dead(data_dir, owner):
+        if owner in owning:
+            continue
+        if _host_of(owner) != socket.gethostname() or _owner_is_dead(data_dir, owner):
             path.unlink(missing_ok=True)  # a dead process cannot clean up after itself
+
+
+def _refuse_sqlite_shared_between_hosts(data_dir: Path) -> None:
+    """SQLite on shared storage, used from two machines, corrupts: refuse to be the second."""
+    for path in sorted((data_dir / OWNERS_DIR).glob("*.lock")):
+        owner = path.name.removesuffix(".lock")
+        if _host_of(owner) == socket.gethostname():
+            continue
+        probe = ProcessLock(path)
+        if probe.acquire():  # nobody holds it (or its host's locks do not reach us)
+            probe.release()
+            continue
+        raise SharedSQLiteError(
+            f"the data dir {data_dir} is in use by a server on host {_host_of(owner)!r} "
+            f"(owner {owner}) with the SQLite database: SQLite cannot be shared between "
+            "machines. Run several replicas on one PostgreSQL (DECAF_DATABASE_URL, see the "
+            "README, 'Several replicas'), or give this server its own DECAF_DATA_DIR"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +259,7 @@ class JobManager:
         self._stopping.clear()
         self._heartbeat_stop.clear()
         if self.db.backend == "sqlite":
+            _refuse_sqlite_shared_between_hosts(self._data_dir)
             self._liveness.acquire()  # lets a restarted server see at once that we are gone
             _sweep_dead_owner_files(self._data_dir, self.db)
         workers = max(1, int(getattr(self.settings, "job_workers", 1)))

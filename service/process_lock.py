@@ -20,8 +20,8 @@ class ProcessLock:
 
     POSIX record locks (``lockf``), not ``flock``: a flock is shared with forked children, so
     a killed server's DataLoader workers would keep it for seconds after the kill and the
-    restarted server would skip recovery. Record locks belong to one process only; within a
-    process the set below makes a second holder fail too.
+    restarted server would think it alive and wait out its leases. Record locks belong to one
+    process only; within a process the set below makes a second holder fail too.
     """
 
     _held_here: ClassVar[set[Path]] = set()

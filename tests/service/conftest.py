@@ -162,3 +162,15 @@ def state_database(state_backend: str, request: pytest.FixtureRequest) -> Iterat
     with pytest.MonkeyPatch.context() as mp:
         _use_database(mp, state_backend, request)
         yield state_backend
+
+
+@pytest.fixture(autouse=True)
+def _sqlite_unless_parametrised(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests that do not ask for `state_database` get the default SQLite, whatever the
+    environment or a module-scoped `state_backend` of a neighbouring test set."""
+    if "state_database" in request.fixturenames:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DECAF_DATABASE_URL", raising=False)
+        yield

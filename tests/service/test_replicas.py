@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,13 +25,19 @@ from typing import Any
 import httpx
 import pytest
 
-from service.jobs import OWNERS_DIR, JobManager
+from service.jobs import OWNERS_DIR, JobManager, SharedSQLiteError
 from service.process_lock import ProcessLock
 from service.state import Database, JobRow, utcnow
 from tests.service._state_helpers import CLASS_COLOURS, image_bytes, make_image_tree, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
+HOST = socket.gethostname()
+
+
+def here(name: str) -> str:
+    """An owner id of a process on this machine (`host:pid:random` in real life)."""
+    return f"{HOST}:{name}"
 
 
 @contextmanager
@@ -63,7 +70,7 @@ def test_concurrent_replicas_run_each_job_exactly_once(tmp_path: Path) -> None:
         barrier.wait(timeout=30)
         return {"n": ctx.params["n"]}
 
-    owners = ["r0", "r1", "r2", "r3"]
+    owners = [here(f"r{n}") for n in range(4)]
     with replicas(settings, {"meet": meet}, owners) as managers:
         ids = [managers[0].submit("meet", {"n": n})["id"] for n in range(24)]
         done = [managers[(n + 1) % 4].wait(job_id, timeout_s=120) for n, job_id in enumerate(ids)]
@@ -91,18 +98,19 @@ def test_a_replica_that_stops_renewing_its_lease_is_taken_over_and_fenced(tmp_pa
             return {"by": "a"}
         return {"by": "b"}
 
-    with replicas(settings, {"task": task}, ["replica-a"]) as (a,):
+    with replicas(settings, {"task": task}, [here("replica-a")]) as (a,):
         job = a.submit("task", {})
         assert first_started.wait(timeout=60)
         a._heartbeat_stop.set()  # A freezes
-        with replicas(settings, {"task": task}, ["replica-b"]) as (b,):
+        with replicas(settings, {"task": task}, [here("replica-b")]) as (b,):
             taken = b.wait(job["id"], timeout_s=60)
             wake_first.set()
             a.shutdown()  # returns once A's job thread has ended
             final = b.get(job["id"])
     assert taken["status"] == "succeeded" and taken["result"] == {"by": "b"}, taken
     assert taken["attempts"] == 2
-    assert "replica replica-a stopped renewing its lease; replica-b took over" in taken["note"]
+    takeover = f"replica {here('replica-a')} stopped renewing its lease; {here('replica-b')} took"
+    assert takeover in taken["note"]
     assert final == taken  # A's progress and outcome were not written
 
 
@@ -128,12 +136,13 @@ def test_sqlite_sees_a_dead_owner_at_once_and_a_live_one_never(tmp_path: Path) -
     db = Database(settings.resolved_database_url)
     owners = tmp_path / "data" / OWNERS_DIR
     owners.mkdir(parents=True)
-    (owners / "dead:1:aa.lock").write_text("")  # what a SIGKILLed process leaves: no lock held
-    alive = ProcessLock(owners / "alive:2:bb.lock")
+    (owners / f"{here('dead')}.lock").write_text("")  # what a SIGKILLed process leaves
+    (owners / "otherhost:5:ee.lock").write_text("")  # another machine's: its locks may not show
+    alive = ProcessLock(owners / f"{here('alive')}.lock")
     assert alive.acquire()
     # A forked child does not inherit a lockf lock: an orphaned decode worker of a killed
     # server never makes it look alive.
-    forked_owner = ProcessLock(owners / "forked:3:cc.lock")
+    forked_owner = ProcessLock(owners / f"{here('forked')}.lock")
     assert forked_owner.acquire()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child just sits there
@@ -141,25 +150,47 @@ def test_sqlite_sees_a_dead_owner_at_once_and_a_live_one_never(tmp_path: Path) -
         os._exit(0)
     try:
         forked_owner.release()  # the parent "dies"; the child lives on
-        _insert_running(db, "of-dead", "dead:1:aa")
-        _insert_running(db, "of-forked", "forked:3:cc")
-        _insert_running(db, "of-alive", "alive:2:bb")
-        _insert_running(db, "of-unknown", "elsewhere:4:dd")  # no lock file: wait for the lease
-        with replicas(settings, {"task": lambda ctx: {"ok": True}}, ["restarted"]) as (jobs,):
+        _insert_running(db, "of-dead", here("dead"))
+        _insert_running(db, "of-forked", here("forked"))
+        _insert_running(db, "of-alive", here("alive"))
+        _insert_running(db, "of-unknown", here("no-lock-file"))
+        _insert_running(db, "of-other-host", "otherhost:5:ee")
+        with replicas(settings, {"task": lambda ctx: {"ok": True}}, [here("restarted")]) as (jobs,):
             assert jobs.wait("of-dead")["status"] == "succeeded"
             assert jobs.wait("of-forked")["status"] == "succeeded"
-            assert jobs._claim_next() is None  # the live and the unknown owner keep theirs
-            assert jobs.get("of-alive")["status"] == "running"
-            assert jobs.get("of-unknown")["status"] == "running"
+            assert jobs._claim_next() is None  # the others wait for their leases
+            for job_id in ("of-alive", "of-unknown", "of-other-host"):
+                assert jobs.get(job_id)["status"] == "running"
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         alive.release()
         db.close()
     # The next start sweeps the files of dead processes that no longer own a running job.
-    with replicas(settings, {"task": lambda ctx: {"ok": True}}, ["next"]):
+    with replicas(settings, {"task": lambda ctx: {"ok": True}}, [here("next")]):
         pass
-    assert sorted(path.name for path in owners.iterdir()) == ["alive:2:bb.lock"]
+    left = sorted(path.name for path in owners.iterdir())
+    assert left == sorted([f"{here('alive')}.lock", "otherhost:5:ee.lock"])  # own running jobs
+
+
+def test_sqlite_refuses_a_data_dir_another_machine_serves(tmp_path: Path) -> None:
+    # SQLite on shared storage, used from two machines, would corrupt: the second one refuses.
+    settings = make_settings(tmp_path)
+    owners = tmp_path / "data" / OWNERS_DIR
+    owners.mkdir(parents=True)
+    elsewhere = ProcessLock(owners / "otherhost:7:ff.lock")
+    assert elsewhere.acquire()  # a live server on another machine
+    db = Database(settings.resolved_database_url)
+    try:
+        jobs = JobManager(settings, db, {"task": lambda ctx: {}})
+        with pytest.raises(SharedSQLiteError, match=r"host 'otherhost'.*PostgreSQL"):
+            jobs.start()
+        elsewhere.release()  # it stopped: this machine may take the data dir now
+        jobs.start()
+        jobs.shutdown()
+    finally:
+        elsewhere.release()
+        db.close()
 
 
 # --------------------------------------------------------------------------- two real servers
