@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -50,7 +48,13 @@ from sqlalchemy.orm import Session
 
 from featurizer.errors import DecafError
 from service.job_context import CANCEL_POLL_INTERVAL_S, JobContext, JobHandler
-from service.process_lock import ProcessLock
+from service.job_owners import (
+    OwnerLock,
+    dead_owners_here,
+    new_owner_id,
+    refuse_sqlite_shared_between_hosts,
+    sweep_dead_owner_files,
+)
 from service.settings import Settings
 from service.state import (
     ACTIVE_STATUSES,
@@ -66,7 +70,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL_S = 0.5
 CLAIM_CANDIDATES = 8  # rows looked at per claim attempt (others may win some of them)
-OWNERS_DIR = ".replicas"  # lock files of the live processes (SQLite: one machine)
 
 
 class JobError(DecafError):
@@ -93,12 +96,6 @@ class JobManagerStoppedError(JobError):
     http_status: ClassVar[int] = 503
 
 
-class SharedSQLiteError(JobError):
-    """Another machine's server uses this data dir's SQLite database."""
-
-    http_status: ClassVar[int] = 500
-
-
 class JobConflictError(JobError):
     """The request conflicts with the job's state (e.g. cancelling a finished job)."""
 
@@ -123,72 +120,6 @@ def job_to_dict(row: JobRow) -> dict[str, Any]:
         "finished_at": iso(row.finished_at),
         "updated_at": iso(row.updated_at),
     }
-
-
-def new_owner_id() -> str:
-    """`host:pid:random`: unique per process start, and says in the database who runs a job."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _owner_lock_path(data_dir: Path, owner: str) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "._:-" else "_" for ch in owner)
-    return data_dir / OWNERS_DIR / f"{safe}.lock"
-
-
-def _host_of(owner: str) -> str:
-    return owner.split(":", 1)[0]
-
-
-def _owner_is_dead(data_dir: Path, owner: str) -> bool:
-    """True when `owner` ran on this machine and nobody holds its lock file: it is gone.
-
-    Trusted with SQLite only, where every process shares one machine (and its kernel's locks).
-    A missing file, or an owner on another host (whose locks shared storage may not show us),
-    proves nothing: such an owner is waited out like any other lease.
-    """
-    path = _owner_lock_path(data_dir, owner)
-    if _host_of(owner) != socket.gethostname() or not path.exists():
-        return False
-    probe = ProcessLock(path)
-    if not probe.acquire():
-        return False
-    probe.release()  # the file stays until the owner's jobs are taken over (see the sweep)
-    return True
-
-
-def _sweep_dead_owner_files(data_dir: Path, db: Database) -> None:
-    """Remove the lock files of dead processes that no longer own a running job."""
-    folder = data_dir / OWNERS_DIR
-    if not folder.is_dir():
-        return
-    with db.session() as session:
-        owning = set(
-            session.scalars(select(JobRow.owner).where(JobRow.status == "running").distinct())
-        )
-    for path in folder.glob("*.lock"):
-        owner = path.name.removesuffix(".lock")
-        if owner in owning:
-            continue
-        if _host_of(owner) != socket.gethostname() or _owner_is_dead(data_dir, owner):
-            path.unlink(missing_ok=True)  # a dead process cannot clean up after itself
-
-
-def _refuse_sqlite_shared_between_hosts(data_dir: Path) -> None:
-    """SQLite on shared storage, used from two machines, corrupts: refuse to be the second."""
-    for path in sorted((data_dir / OWNERS_DIR).glob("*.lock")):
-        owner = path.name.removesuffix(".lock")
-        if _host_of(owner) == socket.gethostname():
-            continue
-        probe = ProcessLock(path)
-        if probe.acquire():  # nobody holds it (or its host's locks do not reach us)
-            probe.release()
-            continue
-        raise SharedSQLiteError(
-            f"the data dir {data_dir} is in use by a server on host {_host_of(owner)!r} "
-            f"(owner {owner}) with the SQLite database: SQLite cannot be shared between "
-            "machines. Run several replicas on one PostgreSQL (DECAF_DATABASE_URL, see the "
-            "README, 'Several replicas'), or give this server its own DECAF_DATA_DIR"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +171,7 @@ class JobManager:
         self._heartbeat_stop = threading.Event()
         self._started = False
         self._shutting_down = False
-        self._liveness = ProcessLock(_owner_lock_path(self._data_dir, self.owner))
+        self._liveness = OwnerLock(self._data_dir, self.owner)
 
     @property
     def kinds(self) -> list[str]:
@@ -259,9 +190,9 @@ class JobManager:
         self._stopping.clear()
         self._heartbeat_stop.clear()
         if self.db.backend == "sqlite":
-            _refuse_sqlite_shared_between_hosts(self._data_dir)
+            refuse_sqlite_shared_between_hosts(self._data_dir)
             self._liveness.acquire()  # lets a restarted server see at once that we are gone
-            _sweep_dead_owner_files(self._data_dir, self.db)
+            sweep_dead_owner_files(self._data_dir, self.db)
         workers = max(1, int(getattr(self.settings, "job_workers", 1)))
         self._threads = [
             threading.Thread(target=self._work, name=f"decaf-job-{n}", daemon=True)
@@ -295,9 +226,7 @@ class JobManager:
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout_s)
         self._threads, self._heartbeat_thread = [], None
-        if self._liveness.held:
-            self._liveness.path.unlink(missing_ok=True)
-            self._liveness.release()
+        self._liveness.release()
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -351,7 +280,7 @@ class JobManager:
             )
             .distinct()
         ).all()
-        return [owner for owner in owners if owner and _owner_is_dead(self._data_dir, owner)]
+        return dead_owners_here(self._data_dir, owners)
 
     def _claim_row(
         self, session: Session, row: JobRow, now: datetime, lease_over: Any

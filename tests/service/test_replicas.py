@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.jobs import OWNERS_DIR, JobManager, SharedSQLiteError
+from service.job_owners import OWNERS_DIR, SharedSQLiteError
+from service.jobs import JobManager
 from service.process_lock import ProcessLock
 from service.state import Database, JobRow, utcnow
 from tests.service._state_helpers import CLASS_COLOURS, image_bytes, make_image_tree, make_settings
