@@ -15,9 +15,9 @@ table, so a job submitted to one replica may run on another:
   stops the job at its next stop point.
 - **Takeover**: a `running` job whose lease ran out was left by a replica that died (SIGKILL,
   OOM, lost machine); any replica claims it again as a new attempt. With SQLite, every process
-  is on one machine and holds a lock file in the data dir for its lifetime, so a dead owner is
-  seen at once (the OS released its lock) and a restarted server resumes without waiting out
-  the lease.
+  is on one machine and holds a lock file in the data dir for its lifetime
+  (`service.job_owners`), so a dead owner is seen at once (the OS released its lock) and a
+  restarted server resumes without waiting out the lease.
 
 Handlers must therefore be safe to re-run (extraction resumes from the store's finished parts
 under the store's writer lock, which the OS released with the dead process; a probe fit saves
