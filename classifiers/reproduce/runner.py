@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +304,6 @@ def build_report(
         "extraction": extraction,
         "metric": "mean per-class accuracy (%), mean and population std over splits",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
     }
 
 
