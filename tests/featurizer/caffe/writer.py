@@ -138,7 +138,7 @@ def write_caffemodel(path: Path, params, **kwargs) -> Path:
     return path
 
 
-def random_caffe_params(seed: int = 0, shapes=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def random_caffe_params(seed: int = 0, only=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """He-scaled random weights (activations keep the 0-255 input's magnitude, so LRN's
     ``alpha/n * sum x^2`` term is of order 1 and its formula matters), small random biases."""
     from featurizer.caffe.net import CONVOLUTIONS, INNER_PRODUCTS
@@ -146,9 +146,13 @@ def random_caffe_params(seed: int = 0, shapes=None) -> dict[str, tuple[np.ndarra
     rng = np.random.default_rng(seed)
     params = {}
     for name, (fan_in, fan_out, kernel, _, _, group) in CONVOLUTIONS.items():
+        if only is not None and name not in only:
+            continue
         shape = (fan_out, fan_in // group, kernel, kernel)
         params[name] = _he(rng, shape, fan_in // group * kernel * kernel, fan_out)
     for name, (fan_in, fan_out) in INNER_PRODUCTS.items():
+        if only is not None and name not in only:
+            continue
         params[name] = _he(rng, (fan_out, fan_in), fan_in, fan_out)
     return params
 
