@@ -88,6 +88,8 @@ def resolve_weights(
     ``mean_image``: a ``.binaryproto``/``.npy`` mean image for a Caffe (BGR) network.
     """
     record = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if mean_image is not None:  # before the (slow) weights load
+        _check_mean_image_fits(record, record.default_tag.preprocess, mean_image)
     loaded = _resolve(weights, record, download=download, seed=seed)
     if mean_image is None:
         return loaded
@@ -119,15 +121,19 @@ def _with_mean_image(loaded: LoadedWeights, record: Backbone, path: str | Path) 
     from featurizer.caffe.mean import load_mean_image
 
     spec = loaded.preprocess
+    _check_mean_image_fits(record, spec, path)
+    mean = load_mean_image(path, spec.crop)
+    preprocess = dataclasses.replace(spec, mean_image=mean.sha256)
+    return dataclasses.replace(loaded, preprocess=preprocess, mean_image=mean.pixels)
+
+
+def _check_mean_image_fits(record: Backbone, spec: PreprocessSpec, path: str | Path) -> None:
     if spec.channel_order != "bgr":
         raise WeightsError(
             f"a mean image (--mean-image {path}) is Caffe's BGR 0-255 ILSVRC mean; it fits the "
             f"Caffe networks (caffenet, bvlc_alexnet), not {record.name}, whose input is "
             f"normalised by its own per-channel mean and std"
         )
-    mean = load_mean_image(path, spec.crop)
-    preprocess = dataclasses.replace(spec, mean_image=mean.sha256)
-    return dataclasses.replace(loaded, preprocess=preprocess, mean_image=mean.pixels)
 
 
 def _how_to_supply(tag: WeightTag) -> str:
