@@ -210,10 +210,11 @@ def _tag_with_hash(record: Backbone, digest: str, sha1: str) -> WeightTag | None
 
 
 def _read_state_dict(record: Backbone, path: Path, digest: str) -> dict[str, torch.Tensor]:
-    if record.weights_reader is not None and not _is_torch_file(path):
-        reader = import_builder(record.weights_reader)
-        return canonical_state_dict(record, reader(record, path, digest), source=str(path))
-    if path.suffix.lower() == ".caffemodel":
+    if record.weights_reader is not None:
+        if not _is_torch_file(path):
+            reader = import_builder(record.weights_reader)
+            return canonical_state_dict(record, reader(record, path, digest), source=str(path))
+    elif path.suffix.lower() == ".caffemodel":
         raise WeightsError(
             f"{path} is a Caffe model; {record.name} takes torch state_dicts. Use a Caffe "
             f"backbone (--backbone caffenet or bvlc_alexnet; see `decaf backbones`)."

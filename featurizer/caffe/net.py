@@ -45,6 +45,7 @@ weight unchanged; InnerProduct's ``out x in`` blob over the C, H, W-flattened in
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 INPUT_SIZE = 227
@@ -102,8 +103,22 @@ class CaffeNet(nn.Module):
         return x
 
 
-def _lrn() -> nn.LocalResponseNorm:
-    return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """torch's LRN, computed in float32 for half-precision input.
+
+    ``F.local_response_norm`` averages the squares with ``avg_pool3d``, which has no bfloat16
+    kernel on CPU; a sum of 5 squares divided and raised to -0.75 also loses little by being
+    computed in float32 (two small 27x27 and 13x13 layers: no measurable cost).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
+def _lrn() -> LocalResponseNorm:
+    return LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
 
 
 def _max_pool() -> nn.MaxPool2d:
