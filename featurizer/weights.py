@@ -289,7 +289,7 @@ def _random_weights(record: Backbone, seed: int) -> LoadedWeights:
         f"USING RANDOM WEIGHTS for {record.name} (seed {seed}): features are meaningless for "
         f"transfer learning. Only tests should ask for weights='random'."
     )
-    warnings.warn(message, UserWarning, stacklevel=3)
+    warnings.warn(message, UserWarning, stacklevel=4)
     log.warning(message)
     state_dict = _seeded_state_dict(record.builder, seed)
     preprocess = record.default_tag.preprocess
