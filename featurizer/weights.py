@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -45,6 +44,19 @@ from featurizer.backbones import (
     get_backbone,
     import_builder,
 )
+from featurizer.digests import digests_of_file, sha256_of_file
+
+__all__ = [
+    "IMAGENET_WEIGHTS",
+    "RANDOM_WEIGHTS",
+    "WEIGHTS_ENV_VAR",
+    "LoadedWeights",
+    "cache_path",
+    "canonical_state_dict",
+    "digests_of_file",
+    "resolve_weights",
+    "sha256_of_file",  # re-exported: its home is featurizer.digests
+]
 from featurizer.errors import WeightsError
 from featurizer.spec import PreprocessSpec
 
@@ -314,22 +326,3 @@ def _is_torch_file(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(4)
     return head == b"PK\x03\x04" or head[:1] == b"\x80"
-
-
-def digests_of_file(path: Path, chunk_size: int = 1 << 20) -> tuple[str, str]:
-    """(sha256, sha1) of a file in one read: sha256 is our identity, sha1 what Caffe's model zoo
-    publishes."""
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            sha256.update(chunk)
-            sha1.update(chunk)
-    return sha256.hexdigest(), sha1.hexdigest()
-
-
-def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -23,6 +23,7 @@ import torch
 from featurizer.atomic import atomic_path, atomic_write
 from featurizer.caffe.caffemodel import CaffeFormatError, CaffeModel, read_caffemodel
 from featurizer.caffe.net import PARAMETER_LAYERS
+from featurizer.digests import sha256_of_file
 
 if TYPE_CHECKING:
     from featurizer.backbones import Backbone
@@ -132,8 +133,6 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _read_cache(path: Path, sha256: str) -> dict[str, torch.Tensor] | None:
-    from featurizer.weights import sha256_of_file
-
     sidecar = path.with_suffix(".json")
     if not (path.is_file() and sidecar.is_file()):
         return None
@@ -154,8 +153,6 @@ def _read_cache(path: Path, sha256: str) -> dict[str, torch.Tensor] | None:
 
 
 def _write_cache(path: Path, state_dict: dict[str, torch.Tensor], sha256: str) -> None:
-    from featurizer.weights import sha256_of_file
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

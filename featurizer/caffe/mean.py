@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from featurizer.caffe.caffemodel import CaffeFormatError, read_blob_file
+from featurizer.digests import sha256_of_file
 from featurizer.errors import WeightsError
 
 MEAN_IMAGE_SUFFIXES = (".binaryproto", ".npy")
@@ -42,8 +43,6 @@ class MeanImage:
 
 def load_mean_image(path: str | Path, size: int) -> MeanImage:
     """Read a ``.binaryproto`` or ``.npy`` mean image and resize it to ``size`` x ``size``."""
-    from featurizer.weights import sha256_of_file
-
     file = Path(path).expanduser()
     if not file.is_file():
         raise WeightsError(f"mean image file does not exist: {file.resolve()}")
