@@ -40,8 +40,9 @@ class Featurizer:
             default layers (``decaf backbones`` lists every backbone's taps).
         backbone: a registered name (``featurizer.backbones.backbone_names()``) or a record.
         weights: ``"imagenet"`` (the backbone's default tag; torchvision cache,
-            ``DECAF_WEIGHTS``), a weight tag such as ``"IMAGENET1K_V1"``, a ``.pth`` path, or
-            ``"random"`` (tests only). The weights decide the preprocessing (``self.preprocess``).
+            ``DECAF_WEIGHTS``), a weight tag such as ``"IMAGENET1K_V1"``, a ``.pth`` path (or a
+            ``.caffemodel`` for ``caffenet``/``bvlc_alexnet``), or ``"random"`` (tests only).
+            The weights decide the preprocessing (``self.preprocess``).
         precision: ``fp32`` (reference), ``bf16`` (CPU/CUDA), ``fp16`` (CUDA), ``int8`` (CPU).
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         crop: ``"center"`` or ``"tencrop"`` (features averaged over the 10 crops).

@@ -52,36 +52,49 @@ def caffemodel_state_dict(record: Backbone, path: Path, sha256: str) -> dict[str
     if state_dict is not None:
         return state_dict
     log.info("converting %s for %s (once; cached at %s)", path, record.name, cached)
-    state_dict = convert(record, read_caffemodel(path), str(path))
+    try:
+        model = read_caffemodel(path)
+    except CaffeFormatError as exc:  # e.g. truncated inside a layer: say what it should hold
+        shapes = expected_shapes(record).get(exc.layer or "")
+        if shapes is None:
+            raise
+        raise CaffeFormatError(
+            f"{exc} Layer {exc.layer!r} holds {_describe(shapes)}.", exc.layer
+        ) from exc
+    state_dict = convert(record, model, str(path))
     _write_cache(cached, state_dict, sha256)
     return state_dict
+
+
+def expected_shapes(record: Backbone) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Caffe layer -> {"weight": shape, "bias": shape} of ``record``'s architecture."""
+    with torch.device("meta"):
+        expected = record.build().state_dict()
+    return {
+        name: {kind: tuple(expected[f"{name}.{kind}"].shape) for kind in ("weight", "bias")}
+        for name in PARAMETER_LAYERS
+    }
 
 
 def convert(record: Backbone, model: CaffeModel, source: str) -> dict[str, torch.Tensor]:
     """Check ``model`` against ``record``'s architecture and return its state_dict."""
     with torch.device("meta"):
         net = record.build()
-    expected = net.state_dict()
     _check_layer_order(record, model, source, lrn_first=bool(net.lrn_before_pool))
     state_dict: dict[str, torch.Tensor] = {}
-    for layer_name in PARAMETER_LAYERS:
-        shapes = {
-            "weight": tuple(expected[f"{layer_name}.weight"].shape),
-            "bias": tuple(expected[f"{layer_name}.bias"].shape),
-        }
+    for layer_name, shapes in expected_shapes(record).items():
         layer = model.find(layer_name)
         if layer is None:
             present = [layer.name for layer in model.layers if layer.blobs]
             raise CaffeFormatError(
-                f"{source} has no layer {layer_name!r} (expected weights "
-                f"{_shape(shapes['weight'])} and bias {_shape(shapes['bias'])} for "
+                f"{source} has no layer {layer_name!r} (expected {_describe(shapes)} for "
                 f"{record.name}); its layers with parameters: {present}",
                 layer_name,
             )
         if len(layer.blobs) != 2:
             raise CaffeFormatError(
                 f"{source}: layer {layer_name!r} holds {len(layer.blobs)} blobs, expected 2 "
-                f"(weights {_shape(shapes['weight'])}, bias {_shape(shapes['bias'])})",
+                f"({_describe(shapes)})",
                 layer_name,
             )
         for (kind, shape), blob in zip(shapes.items(), layer.blobs, strict=True):
@@ -126,6 +139,10 @@ def _without_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
     while len(dims) > 1 and dims[0] == 1:
         dims.pop(0)
     return tuple(dims)
+
+
+def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    return f"weights {_shape(shapes['weight'])} and bias {_shape(shapes['bias'])}"
 
 
 def _shape(shape: tuple[int, ...]) -> str:

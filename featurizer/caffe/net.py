@@ -45,7 +45,6 @@ weight unchanged; InnerProduct's ``out x in`` blob over the C, H, W-flattened in
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 INPUT_SIZE = 227
@@ -112,9 +111,8 @@ class LocalResponseNorm(nn.LocalResponseNorm):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype in (torch.bfloat16, torch.float16):
-            return super().forward(x.float()).to(x.dtype)
-        return super().forward(x)
+        # No branch on the dtype (float() is a no-op on float32): torch.fx can trace it.
+        return super().forward(x.float()).to(x.dtype)
 
 
 def _lrn() -> LocalResponseNorm:

@@ -151,7 +151,8 @@ def test_truncated_small_file_names_the_layer(tmp_path, torch_home):
     data = small_net()
     path = tmp_path / "cut.caffemodel"
     path.write_bytes(data[: len(data) - 100_000])  # inside conv2's weights
-    with pytest.raises(CaffeFormatError, match=r"truncated inside layer 'conv2'"):
+    expected = r"truncated inside layer 'conv2'.*holds weights 256 x 48 x 5 x 5 and bias 256"
+    with pytest.raises(CaffeFormatError, match=expected):
         resolve_weights(str(path), "caffenet")
 
 
