@@ -176,10 +176,11 @@ class Backbone:
     """One network: how to build it, which checkpoints exist, which activations it offers.
 
     ``builder`` is a dotted path to a callable taking ``weights=None`` (torchvision's model
-    builders; our own modules later), imported only by :meth:`build`. ``plan`` maps a built
-    network to its forward as a flat list of :data:`Stage` in execution order; every tap's node
-    must be one of the stage names. The runtime (``featurizer.backbone.DecafBackbone``) runs the
-    stages once and stops after the deepest requested tap.
+    builders, or our own in :mod:`featurizer.caffe.net`), imported only by :meth:`build`.
+    ``plan`` maps a built network to its forward as a flat list of :data:`Stage` in execution
+    order; every tap's node must be one of the stage names. The runtime
+    (``featurizer.backbone.DecafBackbone``) runs the stages once and stops after the deepest
+    requested tap.
     """
 
     name: str
