@@ -189,3 +189,24 @@ def test_pickled_or_unknown_mean_files_are_refused(tmp_path):
         load_mean_image(other, 227)
     with pytest.raises(WeightsError, match="does not exist"):
         load_mean_image(tmp_path / "absent.binaryproto", 227)
+
+
+def test_extraction_records_the_mean_image_and_resume_checks_it(mean_files, tmp_path):
+    from featurizer.errors import StoreError
+    from featurizer.extraction import extract_dataset
+    from featurizer.store import FeatureStore
+
+    root = tmp_path / "images" / "class_a"
+    root.mkdir(parents=True)
+    for seed in range(2):
+        textured_rgb((260, 200), seed=seed).save(root / f"{seed}.png")
+    options = {"backbone": "caffenet", "weights": "random", "layers": ["decaf5"], "workers": 0}
+    out = tmp_path / "store"
+    extract_dataset(root.parent, out, mean_image=str(mean_files["npy"]), device="cpu", **options)
+    manifest = FeatureStore.open(out).manifest
+    assert manifest.preprocessing["mean_image"] == sha256_of_file(mean_files["npy"])
+    # The same store with another mean (the binaryproto holds float32 values): refused.
+    with pytest.raises(StoreError):
+        extract_dataset(
+            root.parent, out, mean_image=str(mean_files["binaryproto"]), device="cpu", **options
+        )
