@@ -39,17 +39,28 @@ class DecafBackbone(nn.Module):
     (see ``featurizer.precision``) replace or cast ``net``'s modules and then call
     :meth:`rebuild_plan`; the normalisation constants stay float32 whatever the model dtype.
     ``preprocess`` (mean/std) is the one of the loaded weights; default: the default tag's.
+    ``mean_image`` (3, H, W, 0-255, network channel order) replaces the per-channel mean: Caffe's
+    ILSVRC mean image, subtracted pixel by pixel from every crop (``featurizer.caffe.mean``).
     """
 
     def __init__(
-        self, backbone: Backbone, net: nn.Module, preprocess: PreprocessSpec | None = None
+        self,
+        backbone: Backbone,
+        net: nn.Module,
+        preprocess: PreprocessSpec | None = None,
+        mean_image: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.net = net
         self.taps: dict[str, Tap] = {tap.name: tap for tap in backbone.taps}
         spec = preprocess or backbone.default_tag.preprocess
-        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        if (mean_image is None) != (spec.mean_image is None):
+            raise ValueError("a mean image and the spec's mean_image sha256 come together")
+        if mean_image is None:
+            mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        else:
+            mean = (mean_image.to(torch.float32) / 255.0).unsqueeze(0)
         std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
         # (x / 255 - mean) / std folded into one multiply-add.
         self.register_buffer("input_scale", 1.0 / (255.0 * std), persistent=False)
@@ -155,4 +166,4 @@ def build_backbone(backbone: Backbone | str, weights: LoadedWeights) -> DecafBac
             f"weights from {weights.source} do not fit {record.name}: {exc}"
         ) from exc
     net = net.to(memory_format=torch.channels_last)
-    return DecafBackbone(record, net, weights.preprocess)
+    return DecafBackbone(record, net, weights.preprocess, weights.mean_image)

@@ -56,7 +56,15 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--weights",
         default="imagenet",
-        help="imagenet (torchvision cache), a .pth file, or random (tests only)",
+        help="imagenet (torchvision cache), a .pth file, a .caffemodel (caffenet, bvlc_alexnet), "
+        "or random (tests only)",
+    )
+    parser.add_argument(
+        "--mean-image",
+        default=None,
+        metavar="FILE",
+        help="Caffe backbones: subtract this mean image (ilsvrc_2012_mean.binaryproto or .npy) "
+        "per pixel, as caffe.Classifier did, instead of the per-channel mean",
     )
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--crop", default="center", choices=CROP_MODES)
@@ -158,6 +166,7 @@ def run_extract(args: argparse.Namespace) -> int:
             backbone=args.backbone,
             layers=args.layers,
             weights=args.weights,
+            mean_image=args.mean_image,
             precision=args.precision,
             crop=args.crop,
             device=args.device,

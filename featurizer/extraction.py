@@ -77,6 +77,7 @@ def extract_dataset(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     featurizer: Featurizer | None = None,
+    mean_image: str | None = None,
 ) -> ExtractionResult:
     """Extract features of every file below ``root`` into the store ``out``.
 
@@ -105,6 +106,8 @@ def extract_dataset(
     }
     if layers is not None:
         featurizer_kwargs["layers"] = tuple(layers)
+    if mean_image is not None:  # Caffe backbones only; recorded in the preprocessing
+        featurizer_kwargs["mean_image"] = str(mean_image)
     with start_engine(engine, featurizer_kwargs, featurizer, workers, ray) as runner:
         config = store_config(runner.description, root_path, records, part_size)
         run = RunInfo(

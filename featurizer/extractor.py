@@ -40,14 +40,17 @@ class Featurizer:
             default layers (``decaf backbones`` lists every backbone's taps).
         backbone: a registered name (``featurizer.backbones.backbone_names()``) or a record.
         weights: ``"imagenet"`` (the backbone's default tag; torchvision cache,
-            ``DECAF_WEIGHTS``), a weight tag such as ``"IMAGENET1K_V1"``, a ``.pth`` path, or
-            ``"random"`` (tests only). The weights decide the preprocessing (``self.preprocess``).
+            ``DECAF_WEIGHTS``), a weight tag such as ``"IMAGENET1K_V1"``, a ``.pth`` path (or a
+            ``.caffemodel`` for ``caffenet``/``bvlc_alexnet``), or ``"random"`` (tests only).
+            The weights decide the preprocessing (``self.preprocess``).
         precision: ``fp32`` (reference), ``bf16`` (CPU/CUDA), ``fp16`` (CUDA), ``int8`` (CPU).
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         crop: ``"center"`` or ``"tencrop"`` (features averaged over the 10 crops).
         max_pixels: decompression-bomb limit for decoding.
         num_threads: torch intra-op threads (process-wide); default: the cores we may use.
         download: allow downloading missing pretrained weights (``imagenet`` or a tag).
+        mean_image: Caffe's ``ilsvrc_2012_mean.binaryproto``/``.npy`` for a Caffe backbone
+            (``caffenet``, ``bvlc_alexnet``): subtracted per pixel instead of the channel mean.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Featurizer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         num_threads: int | None = None,
         download: bool = True,
+        mean_image: str | None = None,
     ) -> None:
         if crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {list(CROP_MODES)}, got {crop!r}")
@@ -76,7 +80,7 @@ class Featurizer:
         self.max_pixels = max_pixels
         self.num_threads = num_threads or default_num_threads()
         torch.set_num_threads(self.num_threads)
-        loaded = resolve_weights(weights, self.backbone, download=download)
+        loaded = resolve_weights(weights, self.backbone, download=download, mean_image=mean_image)
         self.preprocess: PreprocessSpec = loaded.preprocess
         self.model: DecafBackbone = build_backbone(self.backbone, loaded)
         self.model.set_precision(precision, self.device)

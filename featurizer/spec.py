@@ -8,6 +8,7 @@ spec) and ``decaf --help`` import in milliseconds; the code that applies a spec 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
@@ -26,6 +27,8 @@ RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)
 ChannelOrder = Literal["rgb", "bgr"]
 CHANNEL_ORDERS: tuple[ChannelOrder, ...] = get_args(ChannelOrder)
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,6 +40,11 @@ class PreprocessSpec:
     ``mean``/``std`` are in the 0-1 scale and in the network's channel order (``channel_order``):
     the model computes ``(x / 255 - mean) / std``. Caffe's "0-255 minus the BGR mean" is
     ``mean = bgr_mean / 255``, ``std = 1 / 255``.
+
+    ``mean_image``: the sha256 of a per-pixel mean file (Caffe's ``ilsvrc_2012_mean``) that the
+    model subtracts instead of ``mean`` (see :mod:`featurizer.caffe.mean`); None for the
+    per-channel mean. Left out of :meth:`to_dict` when None, so the preprocessing recorded in
+    stores and probes made before it existed still compares equal.
     """
 
     resize: int = 256
@@ -47,6 +55,7 @@ class PreprocessSpec:
     antialias: bool = True
     resize_mode: ResizeMode = "shorter"
     channel_order: ChannelOrder = "rgb"
+    mean_image: str | None = None
 
     def __post_init__(self) -> None:
         # JSON gives lists back; keep the frozen spec hashable and comparable.
@@ -71,12 +80,16 @@ class PreprocessSpec:
             )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
+        if self.mean_image is not None and _SHA256.fullmatch(self.mean_image) is None:
+            raise ValueError(f"mean_image must be a sha256 (64 hex digits): {self.mean_image!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (tuples become lists)."""
         out = asdict(self)
         out["mean"] = list(self.mean)
         out["std"] = list(self.std)
+        if self.mean_image is None:
+            del out["mean_image"]
         return out
 
     @classmethod

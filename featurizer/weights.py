@@ -15,12 +15,19 @@ preprocessing, accuracy) live in the backbone's record (:mod:`featurizer.backbon
   preprocessing, so features made from the cache file and from the same file given explicitly
   stay compatible; otherwise ``file:<name>`` with the default tag's preprocessing.
 - ``"random"``: seeded default init, for tests only, with a loud warning.
+
+Backbones whose record names a ``weights_reader`` (the Caffe networks) also take their native
+format wherever a file is accepted: a ``.caffemodel`` is converted once into a cached state_dict
+(:mod:`featurizer.caffe.convert`) and identified by its own sha256. Their published files carry
+the publisher's sha1 instead of torchvision's sha256-prefixed name; tags check whichever they
+have. ``mean_image`` (Caffe's ``ilsvrc_2012_mean``) replaces the per-channel mean of a BGR
+(Caffe) network; its sha256 goes into the preprocessing spec, so stores and probes record it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -30,12 +37,26 @@ from pathlib import Path
 
 import torch
 
+from featurizer.atomic import atomic_path
 from featurizer.backbones import (
     Backbone,
     WeightTag,
     get_backbone,
     import_builder,
 )
+from featurizer.digests import digests_of_file, sha256_of_file
+
+__all__ = [
+    "IMAGENET_WEIGHTS",
+    "RANDOM_WEIGHTS",
+    "WEIGHTS_ENV_VAR",
+    "LoadedWeights",
+    "cache_path",
+    "canonical_state_dict",
+    "digests_of_file",
+    "resolve_weights",
+    "sha256_of_file",  # re-exported: its home is featurizer.digests
+]
 from featurizer.errors import WeightsError
 from featurizer.spec import PreprocessSpec
 
@@ -55,6 +76,9 @@ class LoadedWeights:
     sha256: str | None  # of the file read; None for random weights
     source: str  # the path read, or "random"
     preprocess: PreprocessSpec  # the tag's; the default tag's for other files and random
+    # (3, crop, crop) float32, 0-255, network channel order: a per-pixel mean that replaces
+    # preprocess.mean (whose mean_image field holds this file's sha256); None: per-channel mean.
+    mean_image: torch.Tensor | None = None
 
 
 def cache_path(tag: WeightTag) -> Path:
@@ -68,12 +92,23 @@ def resolve_weights(
     *,
     download: bool = True,
     seed: int = 0,
+    mean_image: str | Path | None = None,
 ) -> LoadedWeights:
     """Turn ``weights`` ("imagenet", a tag name, a file path or "random") into a state_dict.
 
     ``backbone`` is a registered name or a record (tests pass records of their own).
+    ``mean_image``: a ``.binaryproto``/``.npy`` mean image for a Caffe (BGR) network.
     """
     record = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if mean_image is not None:  # before the (slow) weights load
+        _check_mean_image_fits(record, record.default_tag.preprocess, mean_image)
+    loaded = _resolve(weights, record, download=download, seed=seed)
+    if mean_image is None:
+        return loaded
+    return _with_mean_image(loaded, record, mean_image)
+
+
+def _resolve(weights: str, record: Backbone, *, download: bool, seed: int) -> LoadedWeights:
     if weights == RANDOM_WEIGHTS:
         return _random_weights(record, seed)
     if weights == IMAGENET_WEIGHTS:
@@ -94,10 +129,30 @@ def resolve_weights(
     return _load_file(record, path, origin="--weights")
 
 
+def _with_mean_image(loaded: LoadedWeights, record: Backbone, path: str | Path) -> LoadedWeights:
+    from featurizer.caffe.mean import load_mean_image
+
+    spec = loaded.preprocess
+    _check_mean_image_fits(record, spec, path)
+    mean = load_mean_image(path, spec.crop)
+    preprocess = dataclasses.replace(spec, mean_image=mean.sha256)
+    return dataclasses.replace(loaded, preprocess=preprocess, mean_image=mean.pixels)
+
+
+def _check_mean_image_fits(record: Backbone, spec: PreprocessSpec, path: str | Path) -> None:
+    if spec.channel_order != "bgr":
+        raise WeightsError(
+            f"a mean image (--mean-image {path}) is Caffe's BGR 0-255 ILSVRC mean; it fits the "
+            f"Caffe networks (caffenet, bvlc_alexnet), not {record.name}, whose input is "
+            f"normalised by its own per-channel mean and std"
+        )
+
+
 def _how_to_supply(tag: WeightTag) -> str:
+    checksum = f", sha1 {tag.sha1}" if tag.sha1 else ""
     return (
         f"Supply the file with `--weights PATH` or `{WEIGHTS_ENV_VAR}=PATH`, or copy "
-        f"{tag.filename} (from {tag.url}) to {cache_path(tag)}."
+        f"{tag.filename} (from {tag.url}{checksum}) to {cache_path(tag)}."
     )
 
 
@@ -111,13 +166,14 @@ def _load_tag(record: Backbone, tag: WeightTag, *, download: bool) -> LoadedWeig
                 f"disabled. {_how_to_supply(tag)}"
             )
         _download(weights_id, tag, path)
-    digest = sha256_of_file(path)
-    if not digest.startswith(tag.sha256_prefix):
+    digest, sha1 = digests_of_file(path)
+    if not tag.matches(digest, sha1):
+        expected = f"sha1 {tag.sha1}" if tag.sha1 else f"a sha256 starting with {tag.sha256_prefix}"
         raise WeightsError(
-            f"{path} is corrupt or not {weights_id}: its sha256 {digest[:16]}... does not start "
-            f"with {tag.sha256_prefix}. Delete it and retry. {_how_to_supply(tag)}"
+            f"{path} is corrupt or not {weights_id}: its sha256 is {digest[:16]}... and sha1 "
+            f"{sha1}, expected {expected}. Delete it and retry. {_how_to_supply(tag)}"
         )
-    state_dict = _read_state_dict(record, path)
+    state_dict = _read_state_dict(record, path, digest)
     return LoadedWeights(state_dict, weights_id, digest, str(path), tag.preprocess)
 
 
@@ -125,9 +181,12 @@ def _download(weights_id: str, tag: WeightTag, path: Path) -> None:
     log.warning("downloading %s weights from %s to %s", weights_id, tag.url, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # hash_prefix makes torch verify the sha256 before the file is moved into place, so a
-        # partial or tampered download never lands at the cache path.
-        torch.hub.download_url_to_file(tag.url, str(path), hash_prefix=tag.sha256_prefix)
+        if tag.sha256_prefix is not None:
+            # hash_prefix makes torch verify the sha256 before the file is moved into place, so
+            # a partial or tampered download never lands at the cache path.
+            torch.hub.download_url_to_file(tag.url, str(path), hash_prefix=tag.sha256_prefix)
+        else:
+            _download_checking_sha1(tag, path)
     except Exception as exc:  # network, disk or hash failure: all mean "no usable file"
         raise WeightsError(
             f"could not download {weights_id} weights from {tag.url} to {path} "
@@ -135,12 +194,22 @@ def _download(weights_id: str, tag: WeightTag, path: Path) -> None:
         ) from exc
 
 
+def _download_checking_sha1(tag: WeightTag, path: Path) -> None:
+    # The same guarantee for files published with a sha1 (Caffe's model zoo): checked before the
+    # rename, so the cache path only ever holds the published file.
+    with atomic_path(path) as partial:
+        torch.hub.download_url_to_file(tag.url, str(partial), progress=True)
+        _, sha1 = digests_of_file(partial)
+        if sha1 != tag.sha1:
+            raise ValueError(f"downloaded file has sha1 {sha1}, the publisher gives {tag.sha1}")
+
+
 def _load_file(record: Backbone, path: Path, *, origin: str) -> LoadedWeights:
     if not path.is_file():
         raise WeightsError(f"weights file given by {origin} does not exist: {path.resolve()}")
-    digest = sha256_of_file(path)
-    state_dict = _read_state_dict(record, path)
-    tag = _tag_with_hash(record, digest)
+    digest, sha1 = digests_of_file(path)
+    state_dict = _read_state_dict(record, path, digest)
+    tag = _tag_with_hash(record, digest, sha1)
     if tag is None:
         weights_id, preprocess = f"file:{path.name}", record.default_tag.preprocess
     else:
@@ -148,11 +217,20 @@ def _load_file(record: Backbone, path: Path, *, origin: str) -> LoadedWeights:
     return LoadedWeights(state_dict, weights_id, digest, str(path.resolve()), preprocess)
 
 
-def _tag_with_hash(record: Backbone, digest: str) -> WeightTag | None:
-    return next((t for t in record.weight_tags if digest.startswith(t.sha256_prefix)), None)
+def _tag_with_hash(record: Backbone, digest: str, sha1: str) -> WeightTag | None:
+    return next((t for t in record.weight_tags if t.matches(digest, sha1)), None)
 
 
-def _read_state_dict(record: Backbone, path: Path) -> dict[str, torch.Tensor]:
+def _read_state_dict(record: Backbone, path: Path, digest: str) -> dict[str, torch.Tensor]:
+    if record.weights_reader is not None:
+        if not _is_torch_file(path):
+            reader = import_builder(record.weights_reader)
+            return canonical_state_dict(record, reader(record, path, digest), source=str(path))
+    elif path.suffix.lower() == ".caffemodel":
+        raise WeightsError(
+            f"{path} is a Caffe model; {record.name} takes torch state_dicts. Use a Caffe "
+            f"backbone (--backbone caffenet or bvlc_alexnet; see `decaf backbones`)."
+        )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -223,7 +301,7 @@ def _random_weights(record: Backbone, seed: int) -> LoadedWeights:
         f"USING RANDOM WEIGHTS for {record.name} (seed {seed}): features are meaningless for "
         f"transfer learning. Only tests should ask for weights='random'."
     )
-    warnings.warn(message, UserWarning, stacklevel=3)
+    warnings.warn(message, UserWarning, stacklevel=4)
     log.warning(message)
     state_dict = _seeded_state_dict(record.builder, seed)
     preprocess = record.default_tag.preprocess
@@ -243,9 +321,8 @@ def _seeded_state_dict(builder: str, seed: int) -> dict[str, torch.Tensor]:
         return import_builder(builder)(weights=None).state_dict()
 
 
-def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def _is_torch_file(path: Path) -> bool:
+    # torch.save writes a zip archive (since torch 1.6) or, before that, a pickle stream.
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        head = handle.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"

@@ -62,6 +62,7 @@ TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 # torchvision names its files <arch>-<first 8 hex chars of the sha256>.pth (torch.hub's HASH_REGEX).
 _HASHED_FILENAME = re.compile(r"-(?P<prefix>[0-9a-f]{8,})\.(pth|pt)$")
+_SHA1 = re.compile(r"[0-9a-f]{40}")
 
 # Modules in this package that are not backbone families.
 _NOT_FAMILIES = frozenset({"command"})
@@ -102,7 +103,8 @@ class WeightTag:
     """One published checkpoint of a backbone (a member of torchvision's ``Weights`` enum).
 
     The file name and its sha256 prefix are read from the url, as torch.hub does, so they cannot
-    disagree with it.
+    disagree with it. Files published without a hash in their name (Caffe's model zoo) carry the
+    publisher's ``sha1`` instead.
     """
 
     name: str  # torchvision's enum member, e.g. "IMAGENET1K_V2"
@@ -111,12 +113,16 @@ class WeightTag:
     acc1: float  # ImageNet-1K top-1 / top-5 from torchvision's meta["_metrics"]
     acc5: float
     license: str = TORCHVISION_LICENSE
+    sha1: str | None = None  # the publisher's sha1 when the file name carries no sha256 prefix
 
     def __post_init__(self) -> None:
-        if _HASHED_FILENAME.search(self.filename) is None:
+        if self.sha1 is not None:
+            if _SHA1.fullmatch(self.sha1) is None:
+                raise ValueError(f"weight tag {self.name}: sha1 must be 40 hex digits")
+        elif _HASHED_FILENAME.search(self.filename) is None:
             raise ValueError(
                 f"weight tag {self.name}: file name {self.filename!r} carries no sha256 prefix "
-                "(expected <name>-<8+ hex>.pth, torchvision's convention)"
+                "(expected <name>-<8+ hex>.pth, torchvision's convention) and no sha1 is given"
             )
 
     @classmethod
@@ -139,10 +145,17 @@ class WeightTag:
         return self.url.rsplit("/", 1)[-1]
 
     @property
-    def sha256_prefix(self) -> str:
+    def sha256_prefix(self) -> str | None:
+        """From the file name (torchvision's convention); None for a tag checked by sha1."""
         match = _HASHED_FILENAME.search(self.filename)
-        assert match is not None  # checked in __post_init__
-        return match["prefix"]
+        return None if match is None else match["prefix"]
+
+    def matches(self, sha256: str, sha1: str) -> bool:
+        """Whether a file with these digests is this tag's published file."""
+        if self.sha1 is not None:
+            return sha1 == self.sha1
+        prefix = self.sha256_prefix
+        return prefix is not None and sha256.startswith(prefix)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -150,6 +163,7 @@ class WeightTag:
             "url": self.url,
             "filename": self.filename,
             "sha256_prefix": self.sha256_prefix,
+            "sha1": self.sha1,
             "acc@1": self.acc1,
             "acc@5": self.acc5,
             "license": self.license,
@@ -162,10 +176,11 @@ class Backbone:
     """One network: how to build it, which checkpoints exist, which activations it offers.
 
     ``builder`` is a dotted path to a callable taking ``weights=None`` (torchvision's model
-    builders; our own modules later), imported only by :meth:`build`. ``plan`` maps a built
-    network to its forward as a flat list of :data:`Stage` in execution order; every tap's node
-    must be one of the stage names. The runtime (``featurizer.backbone.DecafBackbone``) runs the
-    stages once and stops after the deepest requested tap.
+    builders, or our own in :mod:`featurizer.caffe.net`), imported only by :meth:`build`.
+    ``plan`` maps a built network to its forward as a flat list of :data:`Stage` in execution
+    order; every tap's node must be one of the stage names. The runtime
+    (``featurizer.backbone.DecafBackbone``) runs the stages once and stops after the deepest
+    requested tap.
     """
 
     name: str
@@ -177,6 +192,9 @@ class Backbone:
     default_tag_name: str  # what weights="imagenet" means (torchvision's DEFAULT)
     plan: Callable[[nn.Module], list[Stage]] = field(repr=False, compare=False)
     min_input_size: int  # torchvision's meta["min_size"]: the smallest input the graph accepts
+    # Dotted path to ``reader(record, path, sha256) -> state_dict`` for a weights format other
+    # than a torch state_dict (the Caffe networks read .caffemodel files); None: torch files only.
+    weights_reader: str | None = None
 
     def __post_init__(self) -> None:
         names = [tap.name for tap in self.taps]
@@ -265,6 +283,7 @@ class Backbone:
             "min_input_size": self.min_input_size,
             "default_layers": list(self.default_layers),
             "default_weights": self.default_tag_name,
+            "weights_formats": ["state_dict", *(["caffemodel"] if self.weights_reader else [])],
             "taps": [tap.describe() for tap in self.taps],
             "weights": [{"id": self.weights_id(tag), **tag.describe()} for tag in self.weight_tags],
         }

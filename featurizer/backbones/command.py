@@ -56,9 +56,13 @@ def _format_backbone(backbone: Backbone) -> str:
     id_width = max(len(backbone.weights_id(tag)) for tag in backbone.weight_tags)
     for tag in backbone.weight_tags:
         spec = tag.preprocess
+        resize = f"{spec.resize} {spec.interpolation}"
+        if spec.resize_mode != "shorter":
+            resize += f" ({spec.resize_mode})"
+        order = ", BGR" if spec.channel_order == "bgr" else ""
         lines.append(
             f"    {backbone.weights_id(tag):<{id_width}}  acc@1 {tag.acc1:6.3f}  "
-            f"acc@5 {tag.acc5:6.3f}  resize {spec.resize} {spec.interpolation}, crop {spec.crop}"
+            f"acc@5 {tag.acc5:6.3f}  resize {resize}, crop {spec.crop}{order}"
         )
     lines.append("  taps:")
     name_width = max(len(tap.name) for tap in backbone.taps)

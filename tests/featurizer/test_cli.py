@@ -214,7 +214,8 @@ def test_unknown_backbone_lists_the_known_ones(capsys: pytest.CaptureFixture[str
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "argument --backbone: invalid choice: 'lenet'" in error
-    assert "'alexnet', 'resnet50', 'vgg16', 'vit_b_16'" in error  # from the registry
+    known = "'alexnet', 'bvlc_alexnet', 'caffenet', 'resnet50', 'vgg16', 'vit_b_16'"
+    assert known in error  # from the registry
 
 
 def test_help_imports_no_heavy_module() -> None:
@@ -234,7 +235,7 @@ def test_help_imports_no_heavy_module() -> None:
         [sys.executable, "-c", script, str(REPO / "featurizer")],
         capture_output=True, text=True, env=_env(), cwd=REPO, timeout=60, check=True,
     )  # fmt: skip
-    assert "--backbone {alexnet,resnet50,vgg16,vit_b_16}" in done.stdout
+    assert "--backbone {alexnet,bvlc_alexnet,caffenet,resnet50,vgg16,vit_b_16}" in done.stdout
     assert "see `decaf backbones`" in done.stdout
     assert "decaf6" not in done.stdout, "layer help must not hard-code AlexNet's taps"
     assert json.loads(done.stderr.strip().splitlines()[-1]) == []

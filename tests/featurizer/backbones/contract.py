@@ -50,7 +50,10 @@ FIDELITY_BOUNDS = {"bf16": 0.999, "int8": 0.995}
 
 
 def normalized(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """ImageNet normalisation written independently of the backbone's folded multiply-add."""
+    """ImageNet normalisation written independently of the backbone's folded multiply-add
+    (channels reversed first for a BGR network: spec.mean/std are in the network's order)."""
+    if spec.channel_order == "bgr":
+        images = images[:, [2, 1, 0]]
     return torchvision.transforms.functional.normalize(
         images.float() / 255.0, mean=list(spec.mean), std=list(spec.std)
     )

@@ -44,6 +44,10 @@ def test_text_lists_tags_taps_and_defaults(parser, capsys):
             assert f"{tap.dim:>6}  {tap.meaning}" in text
     tag_line = "alexnet/IMAGENET1K_V1  acc@1 56.522  acc@5 79.066  resize 256 bilinear, crop 224"
     assert tag_line in text
+    caffe_line = (
+        "caffenet/BVLC  acc@1 57.400  acc@5 80.400  resize 256 bilinear (stretch), crop 227, BGR"
+    )
+    assert caffe_line in text
     assert "decaf5        9216  pool5:" in text
 
 
