@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from featurizer.dataset import DatasetError, ImageRecord, scan_image_folder
 from featurizer.engines.base import ExtractionEngine, PartPlan
 from featurizer.errors import DecafError, StoreError
-from featurizer.options import ENGINES, CropMode, Engine, Precision
+from featurizer.options import ENGINES, CropMode, Decoder, Engine, Precision
 from featurizer.store import FeatureStore, FileList, Manifest, Part, RunInfo, StoreConfig
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def extract_dataset(
     precision: Precision = "fp32",
     crop: CropMode = "center",
     device: str = "auto",
+    decoder: Decoder = "auto",
     batch_size: int = 64,
     workers: int | None = None,
     part_size: int = 1024,
@@ -102,6 +103,7 @@ def extract_dataset(
         "precision": precision,
         "crop": crop,
         "device": device,
+        "decoder": decoder,
     }
     if layers is not None:
         featurizer_kwargs["layers"] = tuple(layers)
