@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +154,11 @@ def _tag_with_hash(record: Backbone, digest: str) -> WeightTag | None:
 
 
 def _read_state_dict(record: Backbone, path: Path) -> dict[str, torch.Tensor]:
+    # mmap: the tensors page in from the file instead of being read into a buffer and copied
+    # (start-up, issue 13); only the zip format (torch.save since 1.6) can be mapped.
+    mmap = zipfile.is_zipfile(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise WeightsError(
             f"cannot read weights file {path}: {type(exc).__name__}: {exc}. It must be a "
