@@ -56,6 +56,7 @@ __all__ = [
     "DECODERS",
     "Decoder",
     "orient",
+    "prepare_batch_on_device",
     "prepare_image",
     "preprocess_tensor",
     "tensor_decodable",
@@ -138,17 +139,91 @@ def preprocess_tensor(
         width, height, spec.resize, stretch=spec.resize_mode == "stretch"
     )
     if (new_width, new_height) != (width, height):
-        pixels = F.interpolate(
-            pixels.unsqueeze(0),
-            size=(new_height, new_width),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        ).squeeze(0)
+        pixels = _resize(pixels, new_height, new_width)
     if crop == "center":
         top, left = _center_anchor(new_height, new_width, spec.crop)
         return pixels[:, top : top + spec.crop, left : left + spec.crop].contiguous()
     return _ten_crop(pixels, spec.crop)
+
+
+def _resize(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear; uint8 in and out. On CPU torch has a uint8 kernel (the fast path);
+    elsewhere the resize runs in float32 and is rounded back (the same filter)."""
+    batch = pixels.unsqueeze(0)
+    if pixels.device.type != "cpu":
+        batch = batch.float()
+    out = F.interpolate(
+        batch, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
+    if out.dtype != torch.uint8:
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.squeeze(0)
+
+
+def prepare_batch_on_device(
+    sources: list[ImageSource],
+    spec: PreprocessSpec,
+    crop: CropMode = "center",
+    *,
+    device: str | torch.device = "cuda",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[torch.Tensor, list[int], list[ImageDecodeError]]:
+    """Decode a batch on ``device`` (nvJPEG, one batched call) and preprocess it there.
+
+    JPEGs the tensor path takes are decoded together on the device; the others (PNG, CMYK, ...)
+    through PIL on the CPU and moved. Returns the uint8 batch (on ``device``), the indices of the
+    sources it holds, and one ImageDecodeError per source that could not be decoded (its message
+    says which), so one bad file does not spoil the batch.
+    """
+    device = torch.device(device)
+    jpegs: list[tuple[int, bytes, int]] = []  # index, data, orientation
+    others: dict[int, torch.Tensor] = {}
+    errors: list[ImageDecodeError] = []
+    for index, source in enumerate(sources):
+        try:
+            if isinstance(source, Image.Image):
+                others[index] = load_and_preprocess(source, spec, crop, max_pixels=max_pixels)
+                continue
+            data, name = read_source(source)
+            header = read_header(data, f"image {index} ({name})", max_pixels)
+            if tensor_decodable(header, spec, force=True):
+                jpegs.append((index, data, exif_orientation(header)))
+            else:
+                others[index] = load_and_preprocess(source, spec, crop, max_pixels=max_pixels)
+        except ImageDecodeError as exc:
+            errors.append(type(exc)(f"image {index}: {exc}"))
+    done: dict[int, torch.Tensor] = {i: t.to(device, non_blocking=True) for i, t in others.items()}
+    decoded = _decode_many(jpegs, device, errors)
+    for (index, _, orientation), pixels in zip(jpegs, decoded, strict=True):
+        if pixels is not None:
+            done[index] = preprocess_tensor(orient(pixels, orientation), spec, crop)
+    order = sorted(done)
+    empty = torch.empty((0, 3, spec.crop, spec.crop), dtype=torch.uint8, device=device)
+    batch = torch.stack([done[i] for i in order]) if order else empty
+    return batch, order, errors
+
+
+def _decode_many(
+    jpegs: list[tuple[int, bytes, int]], device: torch.device, errors: list[ImageDecodeError]
+) -> list[torch.Tensor | None]:
+    """One batched decode; if the batch fails (one corrupt file), file by file."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not jpegs:
+        return []
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for _, data, _ in jpegs]
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    out: list[torch.Tensor | None] = []
+    for index, data, _ in jpegs:
+        try:
+            out.append(decode_jpeg_rgb(data, f"image {index}", device))
+        except ImageDecodeError as exc:
+            errors.append(exc)
+            out.append(None)
+    return out
 
 
 def _center_anchor(height: int, width: int, crop: int) -> tuple[int, int]:

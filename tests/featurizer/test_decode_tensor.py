@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from featurizer.decode_tensor import prepare_image, tensor_decodable
+from featurizer.decode_tensor import prepare_batch_on_device, prepare_image, tensor_decodable
 from featurizer.errors import ImageDecodeError, ImageTooLargeError
 from featurizer.extractor import Featurizer
 from featurizer.images import read_header
@@ -144,3 +144,27 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding():
 def test_bad_decoder_name_is_refused():
     with pytest.raises(ValueError, match="decoder must be one of"):
         prepare_image(b"x", SPEC, decoder="opencv")  # type: ignore[arg-type]
+
+
+def test_batch_preparation_keeps_good_files_and_names_bad_ones(photos, image_files: ImageFiles):
+    """The device-decode entry point, run on the CPU here (the gpu test below runs it on CUDA)."""
+    good = [photos["china_500x375"], photos["flower_exif6"]]
+    sources = [good[0], image_files.truncated_jpeg(), image_files.mode_png("RGBA"), good[1]]
+    batch, kept, errors = prepare_batch_on_device(sources, SPEC, device="cpu")
+    assert kept == [0, 2, 3] and batch.shape == (3, 3, 224, 224)
+    assert len(errors) == 1 and "image 1" in str(errors[0]) and "truncated" in str(errors[0])
+    assert torch.equal(batch[0], prepare_image(good[0], SPEC, decoder="tensor"))
+    assert torch.equal(batch[1], load_and_preprocess(sources[2], SPEC))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nvjpeg_batch_on_cuda_matches_the_pil_path(photos):
+    sources = list(photos.values())
+    batch, kept, errors = prepare_batch_on_device(sources, SPEC, device="cuda")
+    assert batch.is_cuda and kept == list(range(len(sources))) and not errors
+    for index, data in enumerate(sources):
+        # nvJPEG's IDCT/upsampling and the float resize may differ from libjpeg-turbo + PIL by
+        # a few levels; a geometry or orientation error would differ by far more.
+        worst, mean = pixel_difference(batch[index].cpu(), load_and_preprocess(data, SPEC))
+        assert worst <= 8 and mean <= 0.5, f"{index}: max {worst}, mean {mean:.3f}"
