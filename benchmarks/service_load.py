@@ -164,13 +164,18 @@ def start_server(name: str, command: Sequence[str], env: dict[str, str], port: i
         time.sleep(0.25)
 
 
+def python_path() -> str:
+    """The repo first, then what the caller had (e.g. wheels unpacked on the GPU machine)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def start_decaf(args: argparse.Namespace, data_dir: Path, max_queue: int | None = None) -> Server:
     port = free_port()
     env = {
         **os.environ,
         "DECAF_DATA_DIR": str(data_dir),
         "DECAF_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": python_path(),
     }
     command = [
         sys.executable, "-m", "service.cli", "serve", "--port", str(port),
@@ -186,7 +191,7 @@ def start_decaf(args: argparse.Namespace, data_dir: Path, max_queue: int | None 
 
 def start_naive(args: argparse.Namespace) -> Server:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     command = [
         sys.executable, str(Path(__file__).resolve()), "--naive-server", "--port", str(port),
         "--weights", args.weights, "--layer", args.layer,
