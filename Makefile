@@ -46,7 +46,7 @@ clean:
 GPU_WHEELS = fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 \
 	pydantic-core==2.50.5 pydantic-settings==2.16.3 python-multipart==0.0.34 sqlalchemy==2.1.9 \
 	greenlet==3.5.6 annotated-types==0.8.0 typing-inspection==0.4.5 python-dotenv==1.2.4 \
-	typing-extensions==4.16.0
+	typing-extensions==4.16.0 orjson==3.13.0
 GPU_PLATFORMS = $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
 	manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
 
