@@ -6,10 +6,12 @@ same layer through oneDNN's inner product with a weight reordered once into oneD
 layout (``torch.ops.mkldnn._reorder_linear_weight`` + ``torch.ops.mkldnn._linear_pointwise``,
 the pair torch's own inductor uses for packed CPU linears) is 1.2-2.4x faster. Measured
 (AlexNet's fc6+fc7+fc8, 2 threads, median of interleaved rounds, ``benchmarks/model_throughput.py
---fc-table``): AMD EPYC, quiet: 2.38x at batch 64, 2.15x at 32, 2.18x at 8, 1.40x at 1; this
-project's Intel Xeon, loaded by other jobs: 1.2x at 64, 1.77x at 32, 1.74x at 8, 1.0x at 1.
-Never slower in any row, hence the rule rather than a measurement at start-up (which would
-cost start-up time and make the kernel, but not the result, depend on machine noise):
+--fc-table``): AMD EPYC, quiet (issue 13): 2.38x at batch 64, 2.15x at 32, 2.18x at 8, 1.40x at
+1; this project's Intel Xeon VM, loaded 10-20x over its 2 cores by other jobs (so +-30 %): 1.2-1.3x
+at 64, 1.5-1.8x at 32, 1.7-2.2x at 8, 1.0x at 1 and 2 (median per-round CPU-time ratio 0.99 / 0.98
+over 40 alternated rounds), 1.47x at 4. Not slower beyond noise in any row, hence the rule rather
+than a measurement at start-up (which would cost start-up time and make the kernel, but not the
+result, depend on machine noise):
 
     **Rule**: on CPU, in fp32, every module whose type is exactly ``nn.Linear`` runs through
     oneDNN when torch was built with it (``torch.backends.mkldnn.is_available()``);
