@@ -54,6 +54,9 @@ def photos() -> dict[str, bytes]:
         "china_grey": jpeg(typical.convert("L")),
         "flower_exif6": jpeg(flower, orientation=6),
         "china_exif8_q75": jpeg(typical, orientation=8, quality=75),
+        "flower_progressive_444": encode(
+            flower, "JPEG", quality=85, progressive=True, subsampling=0
+        ),
     }
 
 
