@@ -82,8 +82,9 @@ def extract_dataset(
     """Extract features of every file below ``root`` into the store ``out``.
 
     ``layers=None`` takes the backbone's default taps. A ``featurizer`` given explicitly (local
-    engine only) wins over ``backbone/layers/weights/precision/crop/device``. ``workers``: decode
-    processes (local; default from the core count) or the cap on concurrent decode tasks (Ray).
+    engine only) wins over ``backbone/layers/weights/precision/crop/device/decoder``.
+    ``workers``: decode processes (local; default from the core count) or the cap on concurrent
+    decode tasks (Ray).
     Re-running on an existing store resumes it (the configuration must match, otherwise
     ``StoreError``; ``overwrite=True`` starts afresh). Unreadable files are skipped and listed
     in ``_errors.jsonl``. Resuming with the same ``batch_size`` (and device) reproduces an
