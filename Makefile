@@ -50,3 +50,18 @@ bench: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The GPU machine (device tool; Python 3.12 with its own torch/torchvision, no network) lacks the
+# web stack: download those wheels here, for cp312, into .whl/ (git-ignored), then run
+# benchmarks/gpu_run.sh there with `.whl` carried. Versions: the ones this project is tested with.
+GPU_WHEELS = fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 \
+	pydantic-core==2.50.5 pydantic-settings==2.16.3 python-multipart==0.0.34 sqlalchemy==2.1.9 \
+	greenlet==3.5.6 annotated-types==0.8.0 typing-inspection==0.4.5 python-dotenv==1.2.4 \
+	typing-extensions==4.16.0 orjson==3.13.0
+GPU_PLATFORMS = $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
+	manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+
+.PHONY: gpu-wheels
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)

@@ -10,7 +10,15 @@ Builds an image folder of small (~500x375) and large (~2500x1700) JPEGs, then me
               (weights loading is a constant start-up cost, not throughput)
 
 and the peak RSS of a whole extraction process for N and 4N images (memory must not grow with
-the dataset). Targets on a 2-core CPU: (c) fp32 >= 85% of (b) on small images, >= 1.5x (a) on
+the dataset). Then (issue 13, section (e), interleaved A B A B on the small images, medians):
+
+  - decode CPU ms per image (one thread, process CPU time): PIL vs the tensor decoder vs auto
+  - model core-seconds per image (process CPU time over the model-alone run)
+  - the CPU-work ceiling: cores / (model core-s + decode core-s per image), and end to end as a
+    fraction of it beside the fraction of model-only
+  - `decaf extract` fp32 now (decoder auto, oneDNN fc) vs before issue 13 (PIL, F.linear)
+
+Targets on a 2-core CPU: (c) fp32 >= 85% of (b) on small images, >= 1.5x (a) on
 large ones, bf16 >= 1.4x fp32.
 
     python benchmarks/extract_throughput.py --quick          # a minute or two, smoke test
@@ -204,6 +212,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-ray", action="store_true", help="skip the Ray-local vs default-engine row (d)"
     )
+    parser.add_argument(
+        "--only-compare",
+        action="store_true",
+        help="only section (e): decode table, ceiling, before/after issue 13",
+    )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
@@ -226,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         "large": build_folder(work / "large", args.large, LARGE_SIZE, seed=100),
     }
     counts = {"small": args.small, "large": args.large}
+    if args.only_compare:
+        from benchmarks.extract_compare import compare_section
+
+        compare_section(folders, args)
+        return 0
     workers = [int(w) for w in args.workers.split(",")]
     rows: list[Row] = []
     for kind, folder in folders.items():
@@ -264,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     print_report(rows, rss, args, torch.get_num_threads())
     if ray_report is not None:
         print_ray_report(ray_report)
+    from benchmarks.extract_compare import compare_section
+
+    compare_section(folders, args)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

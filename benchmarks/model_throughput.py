@@ -2,12 +2,15 @@
 
 Prints, for batch sizes 64 and 1: images/s of
   - torchvision      plain torchvision AlexNet, NCHW fp32, float input (what a user would write)
-  - fp32             Featurizer fp32 (channels_last, uint8 in, normalised on the device)
+  - fp32             Featurizer fp32 (channels_last, uint8 in, normalised on the device; fc layers
+                     through oneDNN, featurizer.linear_kernels)
+  - fp32-aten        the same with the fc layers through F.linear (MKL sgemm): fp32 before issue 13
   - bf16             Featurizer bf16 (whole model cast to bfloat16: the shipped choice)
   - bf16-autocast    fp32 Featurizer under torch.autocast(bfloat16) (the rejected alternative)
   - int8             Featurizer int8 (dynamic-quantised fc6/fc7/fc8)
-with the ratio to fp32 measured in the same run, then the worst-view cosine similarity to fp32 per
-layer on scikit-learn's two sample photographs (ten crops each = 20 views).
+with the ratio to fp32 measured in the same run, the speed-up of the oneDNN fc layers
+(fp32 / fp32-aten) and of the classifier alone (fc6-fc8, ``--fc-table``), then the worst-view
+cosine similarity to fp32 per layer on scikit-learn's two sample photographs (20 views).
 
     python benchmarks/model_throughput.py            # full: several timed batches per row
     python benchmarks/model_throughput.py --quick    # seconds, for a smoke run on a busy machine
@@ -21,6 +24,7 @@ configure_process()  # this script is an entry point: set before torch starts it
 
 import argparse
 import contextlib
+import copy
 import functools
 import logging
 import os
@@ -46,7 +50,7 @@ FEATURE_LAYERS = ("decaf6", "decaf7")  # what a user typically extracts (runs up
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few iterations, small batch")
-    parser.add_argument("--batch-sizes", default="64,1", help="comma-separated (default 64,1)")
+    parser.add_argument("--batch-sizes", default="64,32,8,1", help="comma-separated")
     parser.add_argument("--seconds", type=float, default=8.0, help="time budget per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     parser.add_argument("--weights", default="random", help="random (default), imagenet or PATH")
@@ -55,6 +59,9 @@ def parse_args() -> argparse.Namespace:
         "--stat", choices=["median", "best"], default="median", help="per-batch time statistic"
     )
     parser.add_argument("--no-fidelity", action="store_true", help="skip the cosine table")
+    parser.add_argument(
+        "--fc-table", action="store_true", help="also time fc6-fc8 alone: F.linear vs oneDNN"
+    )
     return parser.parse_args()
 
 
@@ -96,6 +103,9 @@ def make_variants(args: argparse.Namespace) -> dict[str, Callable[[torch.Tensor]
 
     variants["torchvision"] = torchvision_forward
     variants["fp32"] = fp32.forward
+    if fp32.device.type == "cpu":
+        aten = Featurizer(FEATURE_LAYERS, precision="fp32", linear_kernel="aten", **common)
+        variants["fp32-aten"] = aten.forward
     if fp32.device.type == "cuda":
         variants["fp16"] = Featurizer(FEATURE_LAYERS, precision="fp16", **common).forward
     variants["bf16"] = Featurizer(FEATURE_LAYERS, precision="bf16", **common).forward
@@ -133,6 +143,38 @@ def throughput_table(args: argparse.Namespace, batch_sizes: list[int]) -> None:
             for b in batch_sizes
         )
         print(f"{name:<15}{cells}")
+    if "fp32-aten" in rates:
+        gains = "  ".join(
+            f"b={b} {rates['fp32'][b] / rates['fp32-aten'][b]:.2f}x" for b in batch_sizes
+        )
+        print(f"oneDNN fc layers, fp32 / fp32-aten (same run): {gains}")
+
+
+def fc_table(args: argparse.Namespace, batch_sizes: list[int]) -> None:
+    """fc6-fc8 alone (AlexNet shapes), F.linear vs the packed oneDNN inner product, interleaved."""
+    from torch import nn
+
+    from featurizer.linear_kernels import pack_linears
+
+    torch.manual_seed(0)
+    aten = nn.Sequential(
+        nn.Linear(9216, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000)
+    ).eval()
+    onednn = copy.deepcopy(aten)  # same weights, then packed
+    pack_linears(onednn, "onednn")
+    print("\nAlexNet classifier alone (fc6-fc8), ms per batch, median of interleaved rounds")
+    print(f"{'batch':>6}{'F.linear':>11}{'oneDNN':>9}{'speed-up':>10}{'GFLOP/s':>9}")
+    for batch_size in batch_sizes:
+        x = torch.randn(batch_size, 9216)
+        with torch.inference_mode():
+            runs = {"aten": functools.partial(aten, x), "onednn": functools.partial(onednn, x)}
+            rates = interleaved_rates(runs, batch_size, args.seconds / 4, args.stat)
+        ms = {name: 1000 * batch_size / rate for name, rate in rates.items()}
+        gflop = 2 * batch_size * (9216 * 4096 + 4096 * 4096 + 4096 * 1000) / 1e9
+        print(
+            f"{batch_size:>6}{ms['aten']:>11.2f}{ms['onednn']:>9.2f}"
+            f"{ms['aten'] / ms['onednn']:>9.2f}x{gflop / ms['onednn'] * 1000:>9.0f}"
+        )
 
 
 def fidelity_table(args: argparse.Namespace) -> None:
@@ -185,6 +227,8 @@ def main() -> None:
     )
     with contextlib.suppress(KeyboardInterrupt):
         throughput_table(args, batch_sizes)
+        if args.fc_table:
+            fc_table(args, batch_sizes)
         if not args.no_fidelity:
             fidelity_table(args)
 

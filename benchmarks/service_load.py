@@ -164,13 +164,18 @@ def start_server(name: str, command: Sequence[str], env: dict[str, str], port: i
         time.sleep(0.25)
 
 
+def python_path() -> str:
+    """The repo first, then what the caller had (e.g. wheels unpacked on the GPU machine)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def start_decaf(args: argparse.Namespace, data_dir: Path, max_queue: int | None = None) -> Server:
     port = free_port()
     env = {
         **os.environ,
         "DECAF_DATA_DIR": str(data_dir),
         "DECAF_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": python_path(),
     }
     command = [
         sys.executable, "-m", "service.cli", "serve", "--port", str(port),
@@ -186,7 +191,7 @@ def start_decaf(args: argparse.Namespace, data_dir: Path, max_queue: int | None 
 
 def start_naive(args: argparse.Namespace) -> Server:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     command = [
         sys.executable, str(Path(__file__).resolve()), "--naive-server", "--port", str(port),
         "--weights", args.weights, "--layer", args.layer,
@@ -364,6 +369,75 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "ok" if ok else "MISSED"
 
 
+def cpu_ms(run: Any, repeats: int = 30) -> float:
+    """Median CPU milliseconds of ``run()`` in this thread (steadier than wall time under load)."""
+    run()
+    samples = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        run()
+        samples.append(time.thread_time() - start)
+    return 1000 * statistics.median(samples)
+
+
+def print_request_overheads(image: bytes, decode_forward1_ms: float) -> None:
+    """What a request costs besides decode + forward, each part measured alone (issue 13, 4.).
+
+    multipart parsing of one upload (starlette's ``Request.form()``, the route's own parser) and
+    the JSON answer of one 4096-d vector: today's orjson-from-numpy vs ``tolist`` + ``json.dumps``
+    (what the service did before).
+    """
+    import json
+
+    import orjson
+    from starlette.requests import Request
+
+    boundary = "decafboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    scope = {"type": "http", "method": "POST", "path": "/v1/features", "headers": [
+        (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]}  # fmt: skip
+
+    async def parse() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(scope, receive).form()
+        await form["images"].read()  # type: ignore[union-attr]
+        await form.close()
+
+    vector = np.random.default_rng(0).random(4096, dtype=np.float32)
+
+    def new_json() -> bytes:  # as service.feature_encoding: exact values, widened to float64
+        answer = {"results": [{"filename": "a.jpg", "features": {"decaf6": vector.astype(float)}}]}
+        return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def old_json() -> bytes:
+        plain = {"results": [{"filename": "a.jpg", "features": {"decaf6": vector.tolist()}}]}
+        return json.dumps(plain).encode()
+
+    loop = asyncio.new_event_loop()
+    try:
+        parse_ms = cpu_ms(lambda: loop.run_until_complete(parse()))
+    finally:
+        loop.close()
+    new_ms = cpu_ms(new_json)
+    old_ms = cpu_ms(old_json)
+    print(f"per request, CPU ms (one thread): multipart parse {parse_ms:.2f}; JSON answer of one "
+          f"4096-d vector: orjson {new_ms:.2f} (before: tolist + json.dumps {old_ms:.2f}); "
+          f"as a fraction of decode + batch-1 forward ({decode_forward1_ms:.1f} ms): parse "
+          f"{parse_ms / decode_forward1_ms:.3f}, JSON {new_ms / decode_forward1_ms:.3f} "
+          f"(before {old_ms / decode_forward1_ms:.3f})")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -451,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{offline['extract_ips']:.1f} img/s; forward only: {offline['forward_ips']:.1f} img/s; "
           f"decode + batch-1 forward: {offline['decode_forward1_ms']:.1f} ms "
           f"(decode {offline['decode_ms']:.1f} ms)")  # fmt: skip
+    print_request_overheads(images[0], offline["decode_forward1_ms"])
 
     decaf_by = {r.clients: r for r in results if r.server == "decaf"}
     naive_by = {r.clients: r for r in results if r.server == "naive"}

@@ -21,6 +21,7 @@ from torch import nn
 
 from featurizer.backbones import Backbone, Reduction, Stage, Tap, get_backbone
 from featurizer.errors import UnknownLayerError
+from featurizer.options import LinearKernel
 from featurizer.precision import apply_precision
 from featurizer.spec import PreprocessSpec
 from featurizer.weights import LoadedWeights, WeightsError
@@ -92,9 +93,15 @@ class DecafBackbone(nn.Module):
             _make_out_of_place(stage)  # would clobber a tap handed out earlier
         self._stages = stages
 
-    def set_precision(self, precision: str, device: torch.device) -> None:
-        """Move to ``device`` and convert ``net`` to ``precision`` (see featurizer.precision)."""
-        self.net, self.compute_dtype = apply_precision(self.net, precision, device)
+    def set_precision(
+        self, precision: str, device: torch.device, linear_kernel: LinearKernel = "auto"
+    ) -> None:
+        """Move to ``device`` and convert ``net`` to ``precision`` (see featurizer.precision).
+
+        fp32 on CPU: the fc layers run through oneDNN (featurizer.linear_kernels) unless
+        ``linear_kernel="aten"``.
+        """
+        self.net, self.compute_dtype = apply_precision(self.net, precision, device, linear_kernel)
         self.input_scale = self.input_scale.to(device)
         self.input_shift = self.input_shift.to(device)
         self.rebuild_plan()

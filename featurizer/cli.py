@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from featurizer.argtypes import comma_list, non_negative_float, non_negative_int, positive_int
 from featurizer.backbones import DEFAULT_BACKBONE, backbone_names
 from featurizer.errors import DecafError
-from featurizer.options import CROP_MODES, ENGINES, PRECISIONS
+from featurizer.options import CROP_MODES, DECODERS, ENGINES, PRECISIONS
 from featurizer.progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -68,6 +68,12 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--crop", default="center", choices=CROP_MODES)
+    parser.add_argument(
+        "--decoder",
+        default="auto",
+        choices=DECODERS,
+        help="JPEG decoding: auto (torchvision.io where measured faster, else PIL), tensor, pil",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument(
@@ -170,6 +176,7 @@ def run_extract(args: argparse.Namespace) -> int:
             precision=args.precision,
             crop=args.crop,
             device=args.device,
+            decoder=args.decoder,
             batch_size=args.batch_size,
             part_size=args.part_size,
             overwrite=args.overwrite,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from featurizer.dataset import DatasetError, ImageRecord, scan_image_folder
 from featurizer.engines.base import ExtractionEngine, PartPlan
 from featurizer.errors import DecafError, StoreError
-from featurizer.options import ENGINES, CropMode, Engine, Precision
+from featurizer.options import ENGINES, CropMode, Decoder, Engine, Precision
 from featurizer.store import FeatureStore, FileList, Manifest, Part, RunInfo, StoreConfig
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def extract_dataset(
     precision: Precision = "fp32",
     crop: CropMode = "center",
     device: str = "auto",
+    decoder: Decoder = "auto",
     batch_size: int = 64,
     workers: int | None = None,
     part_size: int = 1024,
@@ -82,8 +83,9 @@ def extract_dataset(
     """Extract features of every file below ``root`` into the store ``out``.
 
     ``layers=None`` takes the backbone's default taps. A ``featurizer`` given explicitly (local
-    engine only) wins over ``backbone/layers/weights/precision/crop/device``. ``workers``: decode
-    processes (local; default from the core count) or the cap on concurrent decode tasks (Ray).
+    engine only) wins over ``backbone/layers/weights/precision/crop/device/decoder``.
+    ``workers``: decode processes (local; default from the core count) or the cap on concurrent
+    decode tasks (Ray).
     Re-running on an existing store resumes it (the configuration must match, otherwise
     ``StoreError``; ``overwrite=True`` starts afresh). Unreadable files are skipped and listed
     in ``_errors.jsonl``. Resuming with the same ``batch_size`` (and device) reproduces an
@@ -103,6 +105,7 @@ def extract_dataset(
         "precision": precision,
         "crop": crop,
         "device": device,
+        "decoder": decoder,
     }
     if layers is not None:
         featurizer_kwargs["layers"] = tuple(layers)

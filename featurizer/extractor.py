@@ -20,11 +20,11 @@ import torch
 
 from featurizer.backbone import DecafBackbone, build_backbone
 from featurizer.backbones import DEFAULT_BACKBONE, Backbone, get_backbone
+from featurizer.decode_tensor import prepare_image
 from featurizer.errors import ImageDecodeError
 from featurizer.images import DEFAULT_MAX_PIXELS, ImageSource
-from featurizer.options import CROP_MODES, CropMode, Precision
+from featurizer.options import CROP_MODES, DECODERS, CropMode, Decoder, LinearKernel, Precision
 from featurizer.precision import check_precision, resolve_device
-from featurizer.preprocess import load_and_preprocess
 from featurizer.runtime import default_num_threads
 from featurizer.spec import PreprocessSpec
 from featurizer.weights import LoadedWeights, resolve_weights
@@ -51,6 +51,10 @@ class Featurizer:
         download: allow downloading missing pretrained weights (``imagenet`` or a tag).
         mean_image: Caffe's ``ilsvrc_2012_mean.binaryproto``/``.npy`` for a Caffe backbone
             (``caffenet``, ``bvlc_alexnet``): subtracted per pixel instead of the channel mean.
+        linear_kernel: fp32 CPU fc layers through ``onednn`` (``auto``: when available) or
+            ``aten`` (``F.linear``, the reference); see ``featurizer.linear_kernels``.
+        decoder: ``auto`` (torchvision's JPEG decoder where it is measured faster, else PIL),
+            ``tensor`` or ``pil``; see ``featurizer.decode_tensor``.
     """
 
     def __init__(
@@ -66,9 +70,13 @@ class Featurizer:
         num_threads: int | None = None,
         download: bool = True,
         mean_image: str | None = None,
+        linear_kernel: LinearKernel = "auto",
+        decoder: Decoder = "auto",
     ) -> None:
         if crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {list(CROP_MODES)}, got {crop!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
         self.backbone: Backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
         self.layers: tuple[str, ...] = self.backbone.check_layers(
             self.backbone.default_layers if layers is None else layers
@@ -78,12 +86,13 @@ class Featurizer:
         self.precision: Precision = precision
         self.crop: CropMode = crop
         self.max_pixels = max_pixels
+        self.decoder: Decoder = decoder
         self.num_threads = num_threads or default_num_threads()
         torch.set_num_threads(self.num_threads)
         loaded = resolve_weights(weights, self.backbone, download=download, mean_image=mean_image)
         self.preprocess: PreprocessSpec = loaded.preprocess
         self.model: DecafBackbone = build_backbone(self.backbone, loaded)
-        self.model.set_precision(precision, self.device)
+        self.model.set_precision(precision, self.device, linear_kernel)
         # Provenance only: the model owns the tensors now, and for bf16/int8/CUDA keeping the
         # fp32 CPU copy alive would cost another copy of the weights (VGG-16: 528 MB).
         self.weights: LoadedWeights = dataclasses.replace(loaded, state_dict={})
@@ -110,7 +119,9 @@ class Featurizer:
 
     def prepare(self, source: ImageSource) -> torch.Tensor:
         """Decode + resize/crop one image to uint8 (3,H,W), or (10,3,H,W) for tencrop."""
-        return load_and_preprocess(source, self.preprocess, self.crop, max_pixels=self.max_pixels)
+        return prepare_image(
+            source, self.preprocess, self.crop, max_pixels=self.max_pixels, decoder=self.decoder
+        )
 
     def forward(
         self, batch: torch.Tensor, layers: Sequence[str] | None = None

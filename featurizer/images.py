@@ -97,6 +97,10 @@ __all__ = [
     "ImageSource",
     "decode_image",
     "draft_scale",
+    "exif_orientation",
+    "pixel_error_message",
+    "read_header",
+    "read_source",
 ]
 
 ImageSource = str | os.PathLike[str] | bytes | Image.Image
@@ -196,14 +200,68 @@ def draft_scale(
 
 def _decode_path(path: str, max_pixels: int, min_short_side: int | None) -> Image.Image:
     name = repr(path)
+    with _open_file(path, name) as fp:
+        return _decode_stream(fp, path, name, max_pixels, min_short_side)
+
+
+def _open_file(path: str, name: str) -> IO[bytes]:
     try:
-        fp = open(path, "rb")  # noqa: SIM115 - closed below, after the pixels are read
+        fp = open(path, "rb")  # noqa: SIM115 - the caller closes it
     except OSError as exc:
         raise ImageDecodeError(f"{name}: cannot read file: {exc.strerror or exc}") from exc
-    with fp:
-        if os.fstat(fp.fileno()).st_size == 0:
-            raise ImageDecodeError(f"{name}: empty file (0 bytes), nothing to decode")
-        return _decode_stream(fp, path, name, max_pixels, min_short_side)
+    if os.fstat(fp.fileno()).st_size == 0:
+        fp.close()
+        raise ImageDecodeError(f"{name}: empty file (0 bytes), nothing to decode")
+    return fp
+
+
+def read_source(source: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
+    """The encoded bytes of a path or bytes source, and the name errors use for it.
+
+    Same errors as :func:`decode_image` for unreadable and empty input.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        name = f"image bytes ({len(data)} bytes)"
+        if not data:
+            raise ImageDecodeError(f"{name}: empty input (0 bytes), nothing to decode")
+        return data, name
+    path = os.fspath(source)
+    name = repr(path)
+    with _open_file(path, name) as fp:
+        try:
+            return fp.read(), name
+        except OSError as exc:
+            raise ImageDecodeError(f"{name}: cannot read file: {exc.strerror or exc}") from exc
+
+
+def read_header(data: bytes, name: str, max_pixels: int) -> ImageFile.ImageFile:
+    """Parse only the header of encoded ``data`` (format, mode, size, EXIF); bomb-checked.
+
+    Same errors as :func:`decode_image` for unidentifiable or oversized images.
+    """
+    try:
+        image = _open_header_only(io.BytesIO(data), "")
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{name}: {exc}") from None
+    except _PIL_DECODE_ERRORS as exc:
+        damage = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageDecodeError(f"{name}: {damage} image header ({_reason(exc)})") from exc
+    _check_pixels(image.size, name, max_pixels)
+    return image
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) :func:`decode_image` applies; 1 when absent or unreadable."""
+    method = _exif_transpose_method(image)
+    if method is None:
+        return 1
+    return next(k for k, v in _TRANSPOSE_FOR_ORIENTATION.items() if v is method)
+
+
+def pixel_error_message(exc: BaseException) -> str:
+    """How a failure while decoding pixels is reported (truncated vs corrupt)."""
+    return _pixel_error_message(exc)
 
 
 def _decode_stream(

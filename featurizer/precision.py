@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from featurizer.errors import DecafError
-from featurizer.options import PRECISIONS, Precision
+from featurizer.linear_kernels import pack_linears, unpack_linears
+from featurizer.options import PRECISIONS, LinearKernel, Precision
 
 __all__ = [
     "PRECISIONS",
@@ -81,16 +82,21 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def apply_precision(
-    net: nn.Module, precision: str, device: torch.device
+    net: nn.Module, precision: str, device: torch.device, linear_kernel: LinearKernel = "auto"
 ) -> tuple[nn.Module, torch.dtype]:
     """Move ``net`` to ``device`` in ``precision``; returns the module and its input dtype.
 
     ``int8`` returns a new module (quantised copies of the Linear layers); callers must re-read
-    any references they held to submodules.
+    any references they held to submodules. fp32 on CPU runs its fc layers through oneDNN
+    (``featurizer.linear_kernels``; ``linear_kernel="aten"`` keeps ``F.linear``).
     """
     check_precision(precision, device)
+    unpack_linears(net)  # packed fp32 CPU weights would silently ignore the .to() below
     net = net.to(device)
     if precision == "fp32":
+        net = net.to(torch.float32)  # undoes an earlier bf16/fp16 cast; a no-op otherwise
+        if device.type == "cpu":
+            pack_linears(net, linear_kernel)
         return net, torch.float32
     if precision == "fp16":
         return net.to(torch.float16), torch.float16

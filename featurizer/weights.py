@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,8 +232,11 @@ def _read_state_dict(record: Backbone, path: Path, digest: str) -> dict[str, tor
             f"{path} is a Caffe model; {record.name} takes torch state_dicts. Use a Caffe "
             f"backbone (--backbone caffenet or bvlc_alexnet; see `decaf backbones`)."
         )
+    # mmap: the tensors page in from the file instead of being read into a buffer and copied
+    # (start-up, issue 13); only the zip format (torch.save since 1.6) can be mapped.
+    mmap = zipfile.is_zipfile(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise WeightsError(
             f"cannot read weights file {path}: {type(exc).__name__}: {exc}. It must be a "

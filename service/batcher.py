@@ -82,6 +82,24 @@ class _Item:
 _STOP = object()
 
 
+def _worker_stream(featurizer: Any) -> contextlib.AbstractContextManager[Any]:
+    """On CUDA, the worker's forward passes run on their own stream: copies and kernels queued by
+    other threads (a device decode, a second model) do not wait behind them."""
+    device = getattr(featurizer, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.Stream(device))
+
+
+def _stack(items: list[_Item], device: Any) -> torch.Tensor:
+    """The batch in one tensor; in pinned memory on CUDA, so the copy to the device is async."""
+    tensors = [item.tensor for item in items]
+    if getattr(device, "type", None) != "cuda" or tensors[0].device.type != "cpu":
+        return torch.stack(tensors)
+    shape = (len(tensors), *tensors[0].shape)
+    return torch.stack(tensors, out=torch.empty(shape, dtype=tensors[0].dtype, pin_memory=True))
+
+
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     # Runs on the event loop; the future may have been cancelled meanwhile.
     if future.done():
@@ -224,14 +242,15 @@ class MicroBatcher:
     # ---------------------------------------------------------------- worker side
     def _run(self) -> None:
         torch.set_grad_enabled(False)
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch, stop = self._collect(first)
-            self._process(batch)
-            if stop:
-                return
+        with _worker_stream(self.featurizer):
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch, stop = self._collect(first)
+                self._process(batch)
+                if stop:
+                    return
 
     def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
         """Gather up to max_batch_size items.
@@ -288,7 +307,7 @@ class MicroBatcher:
         layers = sorted(frozenset().union(*(item.layers for item in items)))
         started = time.perf_counter()
         try:
-            stacked = torch.stack([item.tensor for item in items])
+            stacked = _stack(items, getattr(self.featurizer, "device", None))
             outputs = self.featurizer.forward(stacked, layers=layers)
         except BaseException as exc:  # every waiting request must hear about it
             log.exception("forward pass of %d images failed", len(items))

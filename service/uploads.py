@@ -166,10 +166,11 @@ def prepare_tensor(featurizer: Featurizer, data: bytes, crop: str, max_pixels: i
     if crop == featurizer.crop:
         return featurizer.prepare(data)
     # The served featurizer has one crop mode; another one per request goes through the same
-    # preprocessing function with that mode and the same spec.
-    from featurizer.preprocess import load_and_preprocess
+    # preprocessing function with that mode, the same spec and the same decoder.
+    from featurizer.decode_tensor import prepare_image
 
-    return load_and_preprocess(data, featurizer.preprocess, crop, max_pixels=max_pixels)
+    decoder = getattr(featurizer, "decoder", "auto")
+    return prepare_image(data, featurizer.preprocess, crop, max_pixels=max_pixels, decoder=decoder)
 
 
 # --------------------------------------------------------------------------- pipeline

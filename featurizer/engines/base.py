@@ -129,12 +129,13 @@ def decode_function(featurizer: Featurizer) -> Callable[[str], Any]:
     A partial of the module-level function (rather than the bound method) keeps the model out
     of what is sent to spawned workers and Ray tasks.
     """
+    from featurizer.decode_tensor import prepare_image
     from featurizer.images import DEFAULT_MAX_PIXELS
-    from featurizer.preprocess import load_and_preprocess
 
     return functools.partial(
-        load_and_preprocess,
+        prepare_image,
         spec=featurizer.preprocess,
         crop=featurizer.crop,
         max_pixels=getattr(featurizer, "max_pixels", DEFAULT_MAX_PIXELS),
+        decoder=getattr(featurizer, "decoder", "auto"),
     )

@@ -267,7 +267,7 @@ def test_concurrent_http_requests_are_batched_and_equal_single_results(serve, sh
     assert batcher.forward_passes < len(images), batcher.batch_sizes
     assert max(batcher.batch_sizes) > 1
     for data, response in zip(images, responses, strict=True):
-        tensor = load_and_preprocess(data, shared_featurizer.preprocess, "center")
+        tensor = shared_featurizer.prepare(data)  # the decoder the service uses
         expected = single(shared_featurizer, tensor, {"decaf6", "decaf7"})
         features = response.json()["results"][0]["features"]
         for layer in ("decaf6", "decaf7"):

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from featurizer.preprocess import load_and_preprocess
+from featurizer.decode_tensor import prepare_image
 from tests.service._service_helpers import jpeg_bytes, png_bytes, problem
 
 
 def reference(featurizer, data: bytes, layers, crop: str = "center") -> dict[str, np.ndarray]:
     """Features of one image computed directly with the featurizer (batch of one)."""
-    tensor = load_and_preprocess(data, featurizer.preprocess, crop)
+    tensor = prepare_image(data, featurizer.preprocess, crop, decoder=featurizer.decoder)
     out = featurizer.forward(torch.stack([tensor]), layers=list(layers))
     return {name: array[0] for name, array in out.items()}
 

@@ -34,6 +34,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from featurizer.backbone import DecafBackbone, build_backbone
 from featurizer.backbones import Backbone, Tap, WeightTag, get_backbone
+from featurizer.linear_kernels import OneDnnLinear, onednn_available
 from featurizer.preprocess import preprocess
 from featurizer.spec import PreprocessSpec
 from featurizer.weights import LoadedWeights, resolve_weights, sha256_of_file
@@ -331,6 +332,29 @@ class BackboneContract:
         loaded = run(build_backbone(test_record, from_path), images, record.default_layers)
         for name in record.default_layers:
             assert torch.equal(loaded[name], full[name]), name
+
+    # -- fp32 fc kernel (featurizer.linear_kernels)
+
+    def test_fp32_onednn_fc_layers_match_the_reference_per_tap(
+        self, record, weights, backbone, images, full
+    ):
+        packed = build_backbone(record, weights)
+        packed.set_precision("fp32", torch.device("cpu"))  # auto: oneDNN fc where available
+        plain_linears = [m for m in backbone.net.modules() if type(m) is nn.Linear]
+        swapped = [m for m in packed.net.modules() if isinstance(m, OneDnnLinear)]
+        if onednn_available():
+            assert len(swapped) == len(plain_linears) > 0
+            assert not any(type(m) is nn.Linear for m in packed.net.modules())
+        got = run(packed, images, record.tap_names)
+        for name in record.tap_names:
+            scale = float(full[name].abs().max())
+            difference = float((got[name] - full[name]).abs().max())
+            assert difference <= 1e-5 * scale, f"{name}: {difference:.3g} vs scale {scale:.3g}"
+        expected_state = backbone.net.state_dict()
+        packed_state = packed.net.state_dict()
+        assert packed_state.keys() == expected_state.keys()
+        for key, tensor in expected_state.items():
+            assert torch.equal(packed_state[key], tensor), key
 
     # -- reduced precision
 
