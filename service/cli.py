@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from classifiers import cli as classifiers_cli
+from classifiers.plots import command as plot_command
 from featurizer import cli as featurizer_cli
 from featurizer.backbones import command as backbones_command
 from featurizer.errors import DecafError
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     featurizer_cli.register(sub)
     backbones_command.register(sub)
     classifiers_cli.register(sub)
+    plot_command.register(sub)
     return parser
 
 
