@@ -61,7 +61,9 @@ def plot_curve(result: ResultDoc | str | Path, out: str | Path) -> Path:
         axes.fill_between(shots, mean - std, mean + std, color=drawn.get_color(), alpha=0.18)
     classes = doc.num_classes()
     if classes:
-        axes.axhline(100 / classes, color="grey", linestyle=":", label=f"chance ({classes} classes)")
+        axes.axhline(
+            100 / classes, color="grey", linestyle=":", label=f"chance ({classes} classes)"
+        )
     axes.set_xscale("log")
     ticks = sorted({row.shots for row in rows if row.shots is not None})
     axes.set_xticks(ticks, [str(t) for t in ticks])

@@ -99,7 +99,7 @@ def parse_result(data: Any, *, source: str = "result") -> ResultDoc:
         raise PlotError(f"{source}: malformed result ({type(exc).__name__}: {exc})") from exc
     raise PlotError(
         f"{source} is neither `decaf probe eval --json` output (a 'results' list) nor "
-        "`decaf reproduce --json` output (\"kind\": \"reproduce\")"
+        '`decaf reproduce --json` output ("kind": "reproduce")'
     )
 
 
@@ -146,9 +146,7 @@ def _reproduce(data: Mapping[str, Any]) -> ResultDoc:
                 mean=float(row["mean"]),
                 std=float(row.get("std") or 0.0),
                 accuracies=[float(a) for a in row.get("accuracies") or []],
-                paper=None
-                if not paper
-                else _paper(paper),
+                paper=None if not paper else _paper(paper),
             )
         )
     weights = data.get("weights")
@@ -160,7 +158,6 @@ def _reproduce(data: Mapping[str, Any]) -> ResultDoc:
         random_weights=bool(data.get("random_weights", is_random(weights))),
         rows=rows,
     )
-
 
 
 def _paper(paper: Mapping[str, Any]) -> PaperNumber:

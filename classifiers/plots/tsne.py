@@ -1,9 +1,10 @@
 """``decaf plot tsne``: a 2-D map of a store's features, points coloured by class (DeCAF Fig. 1).
 
-Pipeline: optional per-class subsample → PCA to 50 dimensions → openTSNE (FFT-accelerated
-gradients, seeded, so a rerun draws the same map) → scatter. PCA first is the usual recipe
-(van der Maaten's and openTSNE's docs): the distances t-SNE needs survive, and the neighbour
-search runs on 50 numbers per point instead of 4096. Measured in ``benchmarks/tsne.py``.
+Pipeline: optional per-class subsample → PCA to 50 dimensions → openTSNE (seeded, so a rerun
+draws the same map; FFT-accelerated gradients for large maps, Barnes-Hut for small) → scatter.
+PCA first is the usual recipe (van der Maaten's and openTSNE's docs): the distances t-SNE needs
+survive, and the neighbour search runs on 50 numbers per point instead of 4096.
+Measured in ``benchmarks/tsne.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from classifiers.plots.figure import (
 )
 
 PCA_DIMS = 50
+# Barnes-Hut below this many points, FFT-interpolated gradients from it on (openTSNE's own
+# advice). FFT has a fixed cost per iteration: 70 points took 47.6 s with FFT and 1.05 s with
+# Barnes-Hut here (2 loaded cores); benchmarks/tsne.py times both at 10,000 points.
+FFT_FROM_POINTS = 10_000
+# One thread below this many points: openTSNE's threads synchronise every iteration, and on a
+# busy machine a small map took 66 s on 2 threads against 1.4 s on one (70 points, load 12).
+PARALLEL_FROM_POINTS = 5_000
 UNLABELLED = "(unlabelled)"
 
 
@@ -64,7 +72,8 @@ def embed(
     n_jobs: int | None = None,
     pca_dims: int = PCA_DIMS,
 ) -> Embedding:
-    """PCA then openTSNE; ``n_jobs`` defaults to every core this process may use."""
+    """PCA then openTSNE; ``n_jobs`` defaults to every core this process may use (one thread
+    for small maps)."""
     from openTSNE import TSNE
 
     from featurizer.runtime import default_num_threads
@@ -78,10 +87,10 @@ def embed(
     used = effective_perplexity(perplexity, len(X))
     tsne = TSNE(
         perplexity=used,
-        n_jobs=n_jobs or default_num_threads(),
+        n_jobs=n_jobs or (default_num_threads() if len(X) >= PARALLEL_FROM_POINTS else 1),
         random_state=seed,
         initialization="pca",
-        negative_gradient_method="fft",
+        negative_gradient_method="fft" if len(X) >= FFT_FROM_POINTS else "bh",
         verbose=False,
     )
     started = time.perf_counter()
@@ -147,7 +156,7 @@ def plot_tsne(
         "out": str(path),
         "store": str(store),
         "layer": layer,
-        "points": int(len(rows)),
+        "points": len(rows),
         "classes": len(set(labels.tolist())),
         "perplexity": embedding.perplexity,
         "random_weights": is_random(manifest.weights_id),

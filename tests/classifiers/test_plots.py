@@ -158,7 +158,10 @@ def test_eval_json_records_provenance(eval_json: Path) -> None:
     assert document["backbone"] == "alexnet" and document["weights_id"] == "random"
     assert document["random_weights"] is True
     doc = parse_result(document)
-    assert {(row.layer, row.method) for row in doc.rows} == {("decaf6", "logreg"), ("decaf6", "svm")}
+    assert {(row.layer, row.method) for row in doc.rows} == {
+        ("decaf6", "logreg"),
+        ("decaf6", "svm"),
+    }
     assert doc.num_classes() == CLASSES
 
 
