@@ -462,7 +462,8 @@ function renderJob(job) {
   const step = p.step ? ` · ${p.step}` : "";
   $(".job-pct", item).textContent = ` ${pct} %${rate}${step}`;
   const status = $(".job-status", item);
-  status.textContent = job.status + (job.error ? `: ${job.error}` : "");
+  const cancelling = job.cancel_requested && !FINAL.has(job.status) ? " (cancelling…)" : "";
+  status.textContent = job.status + cancelling + (job.error ? `: ${job.error}` : "");
   status.dataset.status = job.status;
   $(".job-cancel", item).hidden = FINAL.has(job.status);
   item.dataset.status = job.status;

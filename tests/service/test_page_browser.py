@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,58 @@ def test_api_key_prompt_then_header_never_url(serve, open_page) -> None:
     expect(page.locator("#model-info")).to_contain_text("alexnet")
     wait_until_loaded(page)
     expect(dialog).to_be_hidden()
+
+
+class HeldFeaturizer:
+    """The job's real featurizer, except that its first forward pass waits for `release`: the
+    test acts while the job is known to be running, however fast or loaded the machine is."""
+
+    def __init__(self, featurizer: Any) -> None:
+        self._featurizer = featurizer
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._featurizer, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.holding.is_set():
+            self.holding.set()
+            if not self.release.wait(timeout=120):
+                raise RuntimeError("the test never released the held forward pass")
+        return self._featurizer.forward(*args, **kwargs)
+
+
+def test_a_running_extraction_is_cancelled_from_the_page(
+    serve, open_page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.models import ModelPool
+
+    make_image_tree(tmp_path / "roots" / "photos", per_class=4)
+    held: list[HeldFeaturizer] = []
+    real = ModelPool.job_featurizer
+
+    def held_job_featurizer(self: Any, *args: Any, **kwargs: Any) -> Any:
+        held.append(HeldFeaturizer(real(self, *args, **kwargs)))
+        return held[-1]
+
+    monkeypatch.setattr(ModelPool, "job_featurizer", held_job_featurizer)
+    page = open_page(serve())
+    wait_until_loaded(page)
+    page.get_by_label("Data root").fill("photos")
+    page.get_by_label("Dataset name").fill("photos")
+    page.get_by_role("button", name="Start extraction").click()
+    job = page.locator("#jobs-list .job").first
+    expect(job.locator(".job-status")).to_have_text("running")
+    try:
+        assert held and held[0].holding.wait(timeout=120), "the job never ran a batch"
+        job.get_by_role("button", name="Cancel").click()
+        expect(job.locator(".job-status")).to_have_text("running (cancelling…)")
+    finally:
+        for featurizer in held:
+            featurizer.release.set()
+    expect(job.locator(".job-status")).to_have_text("cancelled")
+    expect(job.get_by_role("button", name="Cancel")).to_be_hidden()
 
 
 def _retrieval_missing(server: LiveServer) -> str | None:
