@@ -2,7 +2,8 @@
 
 Target (issue 11): under 2 minutes on 2 cores. Vectors: `classifiers.synthetic.make_features`
 (clustered, non-negative and sparse like fc6/fc7 after ReLU), 20 classes x 500. Baseline in the
-same run: scikit-learn's Barnes-Hut `TSNE` on the same PCA output (`--quick`: 2,000 points). Prints a table and the ratio; say how loaded the machine was.
+same run: scikit-learn's Barnes-Hut `TSNE` on the same PCA output (`--quick`: 2,000 points).
+Prints a table and the ratio; say how loaded the machine was.
 
     python benchmarks/tsne.py [--quick] [--points 10000] [--skip-baseline] [--n-jobs N]
 """
