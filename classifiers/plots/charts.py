@@ -218,7 +218,10 @@ def plot_layers(result: ResultDoc | str | Path, out: str | Path) -> Path:
     axes.set_ylabel("mean per-class accuracy (%)")
     axes.set_ylim(0, 105)
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize=8, loc="upper left", ncols=2 if has_paper else 1)
+    # Below the axes: inside, it would hide the bars' value labels near 100 %.
+    entries = len(methods) * (2 if has_paper else 1)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08),
+                ncols=min(entries, 4), frameon=False)  # fmt: skip
     shots = {row.shots for row in rows if row.shots is not None}
     what = "Accuracy per layer" + (f" ({max(shots)}-shot)" if shots else "")
     axes.set_title(_title(doc, what), fontsize=10)
