@@ -263,7 +263,7 @@ def test_search_shows_neighbour_thumbnails(serve, open_page, tmp_path: Path) -> 
         _wait_for_job(api, job["id"])
     page = open_page(server)
     wait_until_loaded(page)
-    page.get_by_label("Dataset", exact=True).first.select_option("photos")
+    page.locator("#index-dataset").select_option("photos")
     page.locator("#index-layer").fill("decaf6")
     page.get_by_role("button", name="Build index").click()
     job_row = page.locator("#jobs-list .job").first
