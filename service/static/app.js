@@ -1,117 +1,12 @@
 // decaf page: a thin client of the /v1 API. No framework, no build step, nothing from a CDN.
-// Every request goes through api(), which adds the API key header (never the URL), asks for a
-// key on 401, and turns RFC 9457 problem+json answers into ApiError messages that are shown next
-// to the image or control that caused them.
+// Modules: api.js (requests, API key, problem details), dom.js (helpers), jobs.js (job forms
+// and live progress); this one: the model, images, datasets, probes and the few-shot form.
 
-const KEY_STORAGE = "decaf-api-key";
-const FINAL = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
-const POLL_MS = 500;
+import { ApiError, api } from "./api.js";
+import { $, el, fillSelect, showError } from "./dom.js";
+import { initJobs } from "./jobs.js";
 
-const $ = (selector, root = document) => root.querySelector(selector);
-const state = { model: null, probes: [], datasets: [], jobs: new Map(), searchAvailable: true };
-
-// ------------------------------------------------------------------------------ API access
-class ApiError extends Error {
-  constructor(status, problem) {
-    super(describeProblem(problem, status));
-    this.status = status;
-    this.problem = problem;
-  }
-}
-
-function describeProblem(problem, status) {
-  if (!problem || typeof problem !== "object") return `HTTP ${status}`;
-  const head = problem.detail || problem.title || `HTTP ${status}`;
-  const items = Array.isArray(problem.errors) ? problem.errors : [];
-  if (items.length === 1 && items[0].filename && items[0].detail) {
-    return `${items[0].filename}: ${items[0].detail}`; // one file sent: its own problem says it
-  }
-  const lines = items.map((e) => {
-    const where = e.filename ?? (Array.isArray(e.loc) ? e.loc.join(".") : "");
-    return `• ${where ? `${where}: ` : ""}${e.detail ?? e.title ?? ""}`;
-  });
-  return [head, ...lines.filter((line) => !head.includes(line.slice(2)))].join("\n");
-}
-
-async function readProblem(response) {
-  const text = await response.text();
-  try {
-    return JSON.parse(text);
-  } catch {
-    return { title: response.statusText, detail: text.slice(0, 300) || response.statusText };
-  }
-}
-
-let pendingKey = null; // one prompt for however many requests met a 401 at once
-
-function askForKey(message) {
-  if (!pendingKey) {
-    const dialog = $("#key-dialog");
-    $("#key-error").textContent = message;
-    $("#key-input").value = "";
-    pendingKey = new Promise((resolve) => {
-      $("#key-form").addEventListener(
-        "submit",
-        () => {
-          sessionStorage.setItem(KEY_STORAGE, $("#key-input").value);
-          pendingKey = null;
-          resolve();
-        },
-        { once: true },
-      );
-    });
-    if (!dialog.open) dialog.showModal();
-  }
-  return pendingKey;
-}
-
-async function api(path, { method = "GET", json, form, raw = false } = {}) {
-  for (;;) {
-    const headers = { Accept: "application/json" };
-    const key = sessionStorage.getItem(KEY_STORAGE);
-    if (key) headers["X-API-Key"] = key;
-    let body;
-    if (json !== undefined) {
-      headers["Content-Type"] = "application/json";
-      body = JSON.stringify(json);
-    } else if (form !== undefined) {
-      body = form; // the browser sets the multipart boundary
-    }
-    const response = await fetch(path, { method, headers, body });
-    if (response.status === 401) {
-      const problem = await readProblem(response);
-      await askForKey(key ? `That key was refused: ${problem.detail}` : "");
-      continue;
-    }
-    if (!response.ok) throw new ApiError(response.status, await readProblem(response));
-    if (raw) return response;
-    return response.status === 204 ? null : response.json();
-  }
-}
-
-function showError(element, error) {
-  element.textContent = error ? String(error.message || error) : "";
-}
-
-// ------------------------------------------------------------------------------ helpers
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(props)) {
-    if (name === "dataset") Object.assign(node.dataset, value);
-    else if (name in node) node[name] = value;
-    else node.setAttribute(name, value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
-function fillSelect(select, options, { keep = true, empty = null } = {}) {
-  const previous = select.value;
-  select.replaceChildren();
-  if (empty !== null) select.append(el("option", { value: "" }, empty));
-  for (const [value, text] of options) select.append(el("option", { value }, text));
-  if (keep && [...select.options].some((o) => o.value === previous)) select.value = previous;
-}
+const state = { model: null, probes: [], datasets: [], searchAvailable: true };
 
 const percent = (fraction) => `${(100 * fraction).toFixed(1)} %`;
 const l2 = (vector) => Math.sqrt(vector.reduce((sum, x) => sum + x * x, 0));
@@ -426,146 +321,9 @@ async function fitFewShot(event) {
   }
 }
 
-// ------------------------------------------------------------------------------ jobs
-function jobName(job) {
-  const p = job.params || {};
-  if (job.kind === "extraction") return `extraction → ${p.name ?? p.dataset ?? ""}`;
-  if (job.kind === "probe_fit") return `probe fit on ${p.dataset ?? ""} (${p.layer ?? ""})`;
-  return `${job.kind} ${p.name ?? p.dataset ?? ""}`.trim();
-}
-
-function jobFraction(job) {
-  if (job.status === "succeeded") return 1;
-  const { done, total } = job.progress || {};
-  return total ? Math.min(1, done / total) : 0;
-}
-
-function renderJob(job) {
-  let item = document.getElementById(`job-${job.id}`);
-  if (!item) {
-    item = el("li", { className: "job", id: `job-${job.id}` },
-      el("span", { className: "job-name" }),
-      el("div", {}, el("progress", { max: 100, value: 0 }), el("span", { className: "job-pct" })),
-      el("div", {}, el("span", { className: "job-status" }), " ",
-        el("button", { type: "button", className: "job-cancel" }, "Cancel")),
-      el("p", { className: "error", role: "alert" }));
-    $(".job-cancel", item).addEventListener("click", () => cancelJob(job.id, item));
-    $("#jobs-list").prepend(item);
-  }
-  const pct = Math.floor(100 * jobFraction(job));
-  $(".job-name", item).textContent = jobName(job);
-  const bar = $("progress", item);
-  bar.value = pct;
-  bar.setAttribute("aria-label", `progress of ${jobName(job)}`);
-  const p = job.progress || {};
-  const rate = p.images_per_s ? ` · ${p.images_per_s.toFixed(1)} images/s` : "";
-  const step = p.step ? ` · ${p.step}` : "";
-  $(".job-pct", item).textContent = ` ${pct} %${rate}${step}`;
-  const status = $(".job-status", item);
-  const cancelling = job.cancel_requested && !FINAL.has(job.status) ? " (cancelling…)" : "";
-  status.textContent = job.status + cancelling + (job.error ? `: ${job.error}` : "");
-  status.dataset.status = job.status;
-  $(".job-cancel", item).hidden = FINAL.has(job.status);
-  item.dataset.status = job.status;
-}
-
-function trackJob(job) {
-  const known = state.jobs.get(job.id);
-  state.jobs.set(job.id, job);
-  renderJob(job);
-  if (!FINAL.has(job.status) && !known?.polling) poll(job.id);
-}
-
-async function poll(id) {
-  state.jobs.get(id).polling = true;
-  for (;;) {
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    let job;
-    try {
-      job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
-    } catch (error) {
-      showError($(`#job-${id} .error`), error);
-      continue;
-    }
-    state.jobs.set(id, { ...job, polling: true });
-    renderJob(job);
-    if (FINAL.has(job.status)) {
-      state.jobs.get(id).polling = false;
-      if (job.status === "succeeded") await Promise.all([loadDatasets(), loadProbes()]);
-      return;
-    }
-  }
-}
-
-async function cancelJob(id, item) {
-  try {
-    renderJob(await api(`/v1/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }));
-  } catch (error) {
-    showError($(".error", item), error);
-  }
-}
-
-async function loadJobs() {
-  try {
-    const { jobs } = await api("/v1/jobs?limit=20");
-    for (const job of jobs.reverse()) trackJob(job);
-  } catch (error) {
-    showError($("#jobs-error"), error);
-  }
-}
-
-function wireJobForm(formId, errorId, submit) {
-  const form = $(formId);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = $("button[type=submit]", form);
-    button.disabled = true;
-    showError($(errorId), null);
-    try {
-      trackJob(await submit(form));
-    } catch (error) {
-      showError($(errorId), error);
-    } finally {
-      button.disabled = false;
-    }
-  });
-}
-
-// A control named "name" or "dataset" would shadow the form's own properties: ask elements.
-const field = (form, name) => form.elements.namedItem(name);
-
-function commaList(text) {
-  const items = text.split(",").map((s) => s.trim()).filter(Boolean);
-  return items.length ? items : undefined;
-}
-
-function wireJobForms() {
-  wireJobForm("#extract-form", "#extract-error", (form) => api("/v1/extractions", {
-    method: "POST",
-    json: {
-      root: field(form, "root").value.trim(),
-      name: field(form, "name").value.trim(),
-      layers: commaList(field(form, "layers").value),
-    },
-  }));
-  wireJobForm("#index-form", "#index-error", (form) => {
-    const body = { layer: field(form, "layer").value.trim(), whiten: field(form, "whiten").checked };
-    if (field(form, "dim").value) body.dim = Number(field(form, "dim").value);
-    const name = encodeURIComponent(field(form, "dataset").value);
-    return api(`/v1/datasets/${name}/index`, { method: "POST", json: body });
-  });
-  wireJobForm("#fit-form", "#fit-error", (form) => {
-    const body = { dataset: field(form, "dataset").value, classifier: field(form, "classifier").value };
-    const layer = field(form, "layer").value.trim();
-    if (layer) body.layer = layer;
-    return api("/v1/probes", { method: "POST", json: body });
-  });
-}
-
 // ------------------------------------------------------------------------------ start
 async function start() {
   wireImageInput();
-  wireJobForms();
   addFewShotClass();
   addFewShotClass();
   $("#fs-add-class").addEventListener("click", addFewShotClass);
@@ -575,7 +333,8 @@ async function start() {
   } catch (error) {
     $("#model-info").textContent = `The service is not ready: ${error.message}`;
   }
-  await Promise.all([loadDatasets(), loadProbes(), loadJobs()]);
+  const refresh = () => Promise.all([loadDatasets(), loadProbes()]);
+  await Promise.all([refresh(), initJobs(refresh)]);
   document.body.dataset.ready = "true";
 }
 

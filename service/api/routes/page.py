@@ -1,10 +1,11 @@
 """`/`: the web page over the API, shipped as static files inside the package.
 
-`service/static/` holds `index.html`, `app.css` and `app.js`: plain HTML, CSS and modern
-JavaScript, no build step and nothing fetched from another origin (the page works offline). The
-page itself needs no API key — it holds no data; it asks for the key when the API answers 401 and
-sends it as `X-API-Key` on every `/v1` request. A Content-Security-Policy allows only this origin
-(plus `blob:` images: thumbnails of files the user picked and of fetched neighbours).
+`service/static/` holds `index.html`, `app.css` and the ES modules `app.js`, `api.js`, `dom.js`
+and `jobs.js`: plain HTML, CSS and modern JavaScript, no build step and nothing fetched from
+another origin (the page works offline). The page itself needs no API key — it holds no data;
+it asks for the key when the API answers 401 and sends it as `X-API-Key` on every `/v1` request.
+A Content-Security-Policy allows only this origin (plus `blob:` images: thumbnails of files the
+user picked and of fetched neighbours).
 """
 
 from __future__ import annotations
