@@ -9,7 +9,11 @@ TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench clean postgres-server
+.PHONY: run test lint bench clean browser postgres-server
+
+# The page's browser tests drive the system Chromium (Playwright cannot download its own
+# offline). Installed with apt when missing; if that is impossible the tests skip and say why.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser || echo /usr/bin/chromium)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +41,13 @@ postgres-server:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
 
-test: $(VENV)/.installed-test postgres-server
+browser:
+	@test -x "$(CHROMIUM)" || { echo "installing chromium for the browser tests (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \
+	  || echo "WARNING: chromium could not be installed: the browser tests will be skipped"; }
+
+test: $(VENV)/.installed-test postgres-server browser
 	$(BIN)/ruff check featurizer classifiers service tests benchmarks
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/lint-imports
@@ -47,6 +57,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/extract_throughput.py
 	$(BIN)/python benchmarks/probe_fit.py
 	$(BIN)/python benchmarks/service_load.py
+	$(BIN)/python benchmarks/tsne.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

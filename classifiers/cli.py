@@ -236,6 +236,13 @@ def _register_eval(sub: argparse._SubParsersAction) -> None:
         type=_shots,
         help="few-shot curve instead, e.g. 1,2,5,10,20,30 (per-class protocol)",
     )
+    parser.add_argument(
+        "--plot",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/result.json and its plots (layers.png, confusion.png, curve.png "
+        "with --shots); see `decaf plot`",
+    )
     _add_estimator_options(parser)
     parser.set_defaults(func=_eval)
 
@@ -265,17 +272,45 @@ def _eval(args: argparse.Namespace) -> int:
         )
     from featurizer.store import FeatureStore  # options are checked first: no I/O before
 
-    layers = _layers_or_default(FeatureStore.open(args.store), args.layer)
+    store = FeatureStore.open(args.store)
+    layers = _layers_or_default(store, args.layer)
     rows: list[dict[str, Any]] = []
     for layer in layers:
         data = _labelled_features(args.store, layer)
         for classifier in classifiers:
             rows += _evaluate(args, data, layer, classifier)
+    document = {**_store_provenance(args.store, store.manifest), "results": rows}
     if args.json:
-        print(json.dumps({"store": str(args.store), "results": rows}, indent=2))
+        print(json.dumps(document, indent=2))
     else:
         print(format_table(rows))
+    if args.plot:
+        _write_plots(document, args.plot)
     return 0
+
+
+def _store_provenance(store: str, manifest: Any) -> dict[str, Any]:
+    """Where the features came from: plots title themselves with it and mark random weights."""
+    from classifiers.plots.figure import is_random
+
+    return {
+        "store": str(store),
+        "backbone": manifest.backbone,
+        "weights_id": manifest.weights_id,
+        "random_weights": is_random(manifest.weights_id),
+    }
+
+
+def _write_plots(document: dict[str, Any], folder: str) -> None:
+    from pathlib import Path
+
+    from classifiers.plots.charts import write_result_plots
+    from featurizer.atomic import atomic_write
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(folder) / "result.json", json.dumps(document, indent=2) + "\n")
+    for path in write_result_plots(document, folder):
+        print(f"decaf: wrote {path}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace, data: Any, layer: str, classifier: str) -> list[dict]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from service.api.errors import document_problems, install_error_handlers
-from service.api.routes import datasets, extractions, features, health, jobs, model, probes
+from service.api.routes import datasets, extractions, features, health, jobs, model, page, probes
 from service.job_context import JobHandler
 from service.jobs import JobManager
 from service.metrics import ServiceMetrics
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-ROUTERS = (health, model, features, extractions, jobs, datasets, probes)
+ROUTERS = (health, model, features, extractions, jobs, datasets, probes, page)
 
 
 def job_handlers(settings: Settings, models: ModelPool) -> dict[str, JobHandler]:
@@ -138,6 +138,7 @@ def create_app(
     install_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
+    page.mount_static(app)  # the web page's CSS and JavaScript; the page itself is at `/`
     document_problems(app)
     # Added innermost first: body cap → timeout → metrics/logging (outermost, sees 413/504 too).
     body_cap = settings.max_upload_bytes * settings.max_files_per_request + MiB

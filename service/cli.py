@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from classifiers import cli as classifiers_cli
 from classifiers.reproduce import cli as reproduce_cli
+from classifiers.plots import command as plot_command
 from featurizer import cli as featurizer_cli
 from featurizer.backbones import command as backbones_command
 from featurizer.errors import DecafError
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     backbones_command.register(sub)
     classifiers_cli.register(sub)
     reproduce_cli.register(sub)
+    plot_command.register(sub)
     return parser
 
 
