@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from classifiers import cli as classifiers_cli
-from classifiers.reproduce import cli as reproduce_cli
 from classifiers.plots import command as plot_command
+from classifiers.reproduce import cli as reproduce_cli
 from featurizer import cli as featurizer_cli
 from featurizer.backbones import command as backbones_command
 from featurizer.errors import DecafError
