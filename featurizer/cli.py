@@ -10,11 +10,12 @@ import argparse
 import functools
 import json
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from featurizer.argtypes import comma_list, non_negative_float, non_negative_int, positive_int
 from featurizer.backbones import DEFAULT_BACKBONE, backbone_names
-from featurizer.errors import DecafError
+from featurizer.errors import EXIT_CONFLICT, EXIT_INTERRUPTED, DecafError, exit_code_of
 from featurizer.options import CROP_MODES, ENGINES, PRECISIONS
 from featurizer.progress import ProgressBar
 
@@ -123,8 +124,8 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
         run_info,
         help="summarise a feature store",
         description="Show what a feature store holds, and check every part against the "
-        "manifest (rows, layer dimensions) from the Parquet footers. Exit status 1 if the "
-        "store is damaged.",
+        "manifest (rows, layer dimensions) from the Parquet footers. Exit status 4 if the "
+        "store is damaged or its manifest invalid.",
     )
 
 
@@ -228,7 +229,7 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(info.to_dict(), indent=2, sort_keys=True, ensure_ascii=False))
     else:
         print(format_info(info))
-    return 1 if info.problems else 0
+    return EXIT_CONFLICT if info.problems else 0
 
 
 def format_info(info: StoreInfo) -> str:
@@ -321,20 +322,45 @@ def run_store_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- running a command
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command. A user-caused problem (any :class:`DecafError`, an OS error such as
+    a full disk or a missing permission) is one line ``decaf: error: ...`` on stderr and the
+    exit status of :data:`featurizer.errors.EXIT_STATUSES`; ``-v`` adds the traceback. Anything
+    else is a bug: it propagates with its traceback (exit status 1).
+    """
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of stdout left: the entry point decides
+        raise
+    except (DecafError, OSError) as exc:
+        return report_error(exc, verbose=bool(getattr(args, "verbose", False)))
+    except KeyboardInterrupt:
+        print("decaf: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def report_error(exc: BaseException, *, verbose: bool) -> int:
+    """Print ``exc`` as one ``decaf: error:`` line (after its traceback with ``verbose``)."""
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"decaf: error: {message or type(exc).__name__}", file=sys.stderr)
+    return exit_code_of(exc)
+
+
 def _build_standalone_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m featurizer.cli")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m featurizer.cli extract|info|store ...`: the same commands without the service."""
-    args = _build_standalone_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DecafError as exc:
-        print(f"decaf: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(_build_standalone_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

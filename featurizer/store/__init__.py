@@ -12,7 +12,8 @@ Engines produce :class:`Part` objects; the extraction orchestration
 (``FeatureStore.create_or_resume``). ``upgrade_store`` converts a version-1 store in place.
 """
 
-from featurizer.store.layout import clear_store
+from featurizer.store.layout import StoreNotFoundError, clear_store
+from featurizer.store.lock import StoreLockedError
 from featurizer.store.manifest import (
     ERRORS_NAME,
     FORMAT_VERSION,
@@ -58,6 +59,8 @@ __all__ = [
     "RunInfo",
     "StoreConfig",
     "StoreInfo",
+    "StoreLockedError",
+    "StoreNotFoundError",
     "UpgradeResult",
     "clear_store",
     "load_features",

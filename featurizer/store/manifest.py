@@ -302,6 +302,19 @@ def _check_parts(manifest: Manifest, data: Mapping[str, Any], source: str) -> No
             f"{source}: part {max(indices)} is beyond the {manifest.config.num_parts} parts of "
             f"{manifest.files.count} files; {DAMAGED_HINT}"
         )
+    config = manifest.config
+    for part in manifest.parts:
+        start, end = config.part_range(part.index)
+        if part.rows + part.errors != end - start:
+            raise StoreError(
+                f"{source}: {part.file} lists {part.rows} rows and {part.errors} errors, but part "
+                f"{part.index} covers {end - start} files; {DAMAGED_HINT}"
+            )
+    if manifest.complete and len(manifest.parts) != config.num_parts:
+        raise StoreError(
+            f"{source}: marked complete but lists {len(manifest.parts)} of {config.num_parts} "
+            f"parts; {DAMAGED_HINT}"
+        )
     for key, value in (("num_images", manifest.num_images), ("num_errors", manifest.num_errors)):
         if key in data and data[key] != value:
             raise StoreError(

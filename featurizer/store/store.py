@@ -19,11 +19,12 @@ mutex). Readers (:meth:`FeatureStore.open`) take no lock and also read format ve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from featurizer.atomic import atomic_write, remove_temp_files
-from featurizer.errors import StoreError
+from featurizer.errors import DISK_FULL_ERRNOS, StoreError, disk_full
 from featurizer.store.layout import (
     clear_store,
     now,
@@ -139,12 +140,15 @@ class FeatureStore:
     def _open_writer(
         cls, root: Path, config: StoreConfig, run: RunInfo, *, mode: str, overwrite: bool
     ) -> FeatureStore:
-        root.mkdir(parents=True, exist_ok=True)
+        with writing(f"the store directory {root}"):
+            root.mkdir(parents=True, exist_ok=True)
+        # Held from here to close(): --overwrite's deletion, every part and the finalize.
         lock = WriterLock(root).acquire()
         try:
-            if overwrite:
-                clear_store(root)
-            remove_temp_files(root)
+            with writing(f"the store {root}"):
+                if overwrite:
+                    clear_store(root)
+                remove_temp_files(root)
             manifest = writer_start(root, config, run, mode)
             store = cls(root, manifest, lock=lock)
             store._adopt_parts_on_disk(config, run)
@@ -225,7 +229,8 @@ class FeatureStore:
                 f"part {part.index} holds {part.files} files, it must hold {end - start}"
             )
         # Encoding runs outside the mutex: several parts are written at once.
-        write_part_file(self.path, part, layers=config.layers, config_sha256=config.sha256())
+        with writing(f"{part_name(part.index)} in {self.path}"):
+            write_part_file(self.path, part, layers=config.layers, config_sha256=config.sha256())
         with self._mutex:
             self._parts[part.index] = PartEntry(part_name(part.index), part.rows, len(part.errors))
             self._save(complete=False)
@@ -247,7 +252,8 @@ class FeatureStore:
             self._parts = {footer.index: _entry(footer) for footer in footers}
             errors = [error for footer in footers for error in footer.errors]
             lines = [json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in errors]
-            atomic_write(self.path / ERRORS_NAME, "".join(lines))
+            with writing(f"{ERRORS_NAME} in {self.path}"):
+                atomic_write(self.path / ERRORS_NAME, "".join(lines))
             self._save(
                 complete=True,
                 classes=tuple(sorted(label for label in counts if label is not None)),
@@ -266,7 +272,8 @@ class FeatureStore:
     def _save(self, *, complete: bool, **changes: Any) -> None:
         parts = tuple(self._parts[k] for k in sorted(self._parts))
         manifest = dataclasses.replace(self._manifest, complete=complete, parts=parts, **changes)
-        atomic_write(self.path / MANIFEST_NAME, manifest.to_json())
+        with writing(f"{MANIFEST_NAME} in {self.path}"):
+            atomic_write(self.path / MANIFEST_NAME, manifest.to_json())
         self._manifest = manifest
 
     # ------------------------------------------------------------------ reading
@@ -381,6 +388,18 @@ def read_errors(store: str | Path) -> list[ErrorEntry]:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+    """OS errors while writing ``what`` become store errors that say what to do: a full disk
+    keeps the parts already written (a rerun resumes), anything else names the file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full(exc, what) from exc
+        raise StoreError(f"cannot write {what}: {exc}") from exc
 
 
 def _part_problems(path: Path, entry: PartEntry, layers: dict[str, int]) -> list[str]:
