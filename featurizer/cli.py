@@ -80,6 +80,14 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
     )
     parser.add_argument(
+        "--no-follow-symlinks",
+        dest="follow_symlinks",
+        action="store_false",
+        help="skip symbolic links below ROOT (default: follow them, files and folders, as "
+        "torchvision's ImageFolder does; loops are not entered); skipped entries are listed "
+        "in STORE/_errors.jsonl",
+    )
+    parser.add_argument(
         "--engine",
         choices=ENGINES,
         default="local",
@@ -169,24 +177,36 @@ def run_extract(args: argparse.Namespace) -> int:
             engine=args.engine,
             ray=_ray_options(args),
             progress=functools.partial(_show, bar),
+            follow_symlinks=args.follow_symlinks,
         )
     summary = {
         "store": str(result.store),
         "num_images": result.num_images,
         "num_errors": result.num_errors,
+        "num_skipped": result.num_skipped,
+        "skipped": result.skipped,
         "seconds": round(result.seconds, 3),
+        "files_this_run": result.files_this_run,
+        "images_per_s": round(result.images_per_s, 2),
         "resumed_parts": result.resumed_parts,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        rate = result.num_images / result.seconds if result.seconds > 0 else 0.0
         print(
             f"{result.num_images} images -> {result.store} in {result.seconds:.1f} s "
-            f"({rate:.1f} images/s overall), {result.num_errors} unreadable "
+            f"({result.images_per_s:.1f} images/s over the {result.files_this_run} files of "
+            f"this run), {result.num_errors} unreadable, {_skipped_text(result.skipped)} "
             f"(see {ERRORS_NAME}), {result.resumed_parts} part(s) resumed"
         )
     return 0
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    if not skipped:
+        return "0 skipped"
+    kinds = ", ".join(f"{count} {kind}" for kind, count in skipped.items())
+    return f"{sum(skipped.values())} skipped: {kinds}"
 
 
 def _ray_options(args: argparse.Namespace) -> Any:
@@ -249,6 +269,8 @@ def format_info(info: StoreInfo) -> str:
         f"images:       {manifest.num_images}",
         f"errors:       {manifest.num_errors}"
         + (f" (see {info.errors_file})" if manifest.num_errors else ""),
+        f"skipped:      {manifest.skipped}"
+        + (f" (links, FIFOs, ...; see {info.errors_file})" if manifest.skipped else ""),
         f"layers:       {layers}",
         f"backbone:     {manifest.backbone}  weights: {manifest.weights_id}{sha}",
         f"precision:    {manifest.precision}  dtype: {manifest.dtype}",

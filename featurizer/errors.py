@@ -92,7 +92,9 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     ),
     ExitStatus(5, "not found: the store, probe or file does not exist", (404,)),
     ExitStatus(6, "disk full: free space and rerun the same command (it resumes)", (507,)),
-    ExitStatus(7, "unavailable: the weights cannot be had, or an optional engine is missing", (503,)),
+    ExitStatus(
+        7, "unavailable: the weights cannot be had, or an optional engine is missing", (503,)
+    ),
     ExitStatus(130, "interrupted (Ctrl-C): rerun the same command to resume"),
 )
 EXIT_INTERNAL, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 1, 2, 3, 4

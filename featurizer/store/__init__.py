@@ -32,8 +32,10 @@ from featurizer.store.manifest import (
 )
 from featurizer.store.parts import Part, PartFooter, read_part_footer
 from featurizer.store.store import (
+    STORE_STATUSES,
     FeatureStore,
     StoreInfo,
+    StoreStatus,
     load_features,
     read_errors,
     read_manifest,
@@ -47,6 +49,7 @@ __all__ = [
     "LOCK_NAME",
     "MANIFEST_NAME",
     "RESUME_KEYS",
+    "STORE_STATUSES",
     "V1_ERRORS_NAME",
     "V1_MANIFEST_NAME",
     "ErrorEntry",
@@ -61,6 +64,7 @@ __all__ = [
     "StoreInfo",
     "StoreLockedError",
     "StoreNotFoundError",
+    "StoreStatus",
     "UpgradeResult",
     "clear_store",
     "load_features",

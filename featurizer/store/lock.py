@@ -37,6 +37,7 @@ class StoreLockedError(StoreError):
 
     http_status: ClassVar[int] = 409
 
+
 _held: set[str] = set()  # real paths of lock files this process holds
 _held_mutex = threading.Lock()
 

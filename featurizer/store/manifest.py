@@ -163,6 +163,9 @@ class Manifest:
     complete: bool
     classes: tuple[str, ...] = ()
     parts: tuple[PartEntry, ...] = field(default=())
+    # Entries the folder scan passed over (dangling links, FIFOs, ...), listed in _errors.jsonl
+    # beside the unreadable files; absent from stores written before it was recorded.
+    skipped: int = 0
 
     @classmethod
     def new(cls, config: StoreConfig, run: RunInfo, *, created_at: str) -> Manifest:
@@ -221,6 +224,10 @@ class Manifest:
             data = json.loads(text)
         except ValueError as exc:
             raise StoreError(f"{source} is not valid JSON ({exc}); {DAMAGED_HINT}") from exc
+        except RecursionError as exc:  # [[[[... nested deeper than the parser goes
+            raise StoreError(
+                f"{source} is nested too deeply to be a manifest; {DAMAGED_HINT}"
+            ) from exc
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -254,6 +261,7 @@ class Manifest:
             complete=fields.boolean("complete"),
             classes=fields.strings("classes"),
             parts=fields.parts("parts"),
+            skipped=fields.integer("skipped", minimum=0, optional=True) or 0,
         )
         _check_parts(manifest, data, source)
         return manifest

@@ -127,7 +127,9 @@ def test_reader_reads_float16_and_sliced_chunks(tmp_path: Path) -> None:
     col = pa.FixedSizeListArray.from_arrays(pa.array(X.astype(np.float16).ravel()), 4)
     table = pa.table({"path": [f"{i}.jpg" for i in range(6)], "label": ["c"] * 6, "decaf6": col})
     pq.write_table(table, out / "part-00000.parquet", row_group_size=4)
-    manifest = json.loads(Manifest.new(config(layers={"decaf6": 4}, part_size=6), RUN, created_at="t").to_json())
+    manifest = json.loads(
+        Manifest.new(config(layers={"decaf6": 4}, part_size=6), RUN, created_at="t").to_json()
+    )
     manifest.update(complete=True, parts=[{"file": "part-00000.parquet", "rows": 6, "errors": 0}])
     manifest.update(num_images=6, num_errors=0)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
