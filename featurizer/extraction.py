@@ -3,7 +3,7 @@
 :func:`extract_dataset` resolves the paths, takes the store's writer lock (a second writer is
 refused before any model loads; the lock is held to the end, ``--overwrite``'s deletion and the
 finalize included), scans the folder, starts the engine (the local one loads the model; Ray
-describe it on a worker), opens the store (create or resume), asks the engine for the pending
+describes it on a worker), opens the store (create or resume), asks the engine for the pending
 parts, writes each one through the store on background threads, reports progress and
 cancellation, and finalizes the store. Engines only produce parts (:mod:`featurizer.engines`);
 the store owns the format (:mod:`featurizer.store`).
