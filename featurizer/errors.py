@@ -93,7 +93,9 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     ExitStatus(5, "not found: the store, probe or file does not exist", (404,)),
     ExitStatus(6, "disk full: free space and rerun the same command (it resumes)", (507,)),
     ExitStatus(
-        7, "unavailable: the weights cannot be had, or an optional engine is missing", (503,)
+        7,
+        "unavailable: the weights cannot be had, or an optional engine (Ray) is not installed",
+        (501, 503),
     ),
     ExitStatus(130, "interrupted (Ctrl-C): rerun the same command to resume"),
 )
