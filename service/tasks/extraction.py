@@ -82,6 +82,7 @@ def run_extraction(ctx: JobContext, featurizer_factory: FeaturizerFactory) -> di
         "skipped": result.skipped,
         "seconds": round(result.seconds, 3),
         "resumed_parts": result.resumed_parts,
+        "files_this_run": result.files_this_run,
         "progress": final,
     }
 
