@@ -79,9 +79,14 @@ _SPECIAL_KINDS = (
 )
 
 
-def scan_image_folder(root: str | Path, **options: object) -> list[ImageRecord]:
-    """The files :func:`scan_folder` finds (``options``: its keyword arguments)."""
-    return scan_folder(root, **options).records  # type: ignore[arg-type]
+def scan_image_folder(
+    root: str | Path,
+    *,
+    follow_symlinks: bool = True,
+    allowed_roots: Sequence[str | Path] | None = None,
+) -> list[ImageRecord]:
+    """The files :func:`scan_folder` finds, without the entries it passed over."""
+    return scan_folder(root, follow_symlinks=follow_symlinks, allowed_roots=allowed_roots).records
 
 
 def scan_folder(

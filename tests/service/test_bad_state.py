@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from tests.service._state_helpers import (
     running_client,
     wait_for_job,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +219,35 @@ def test_links_leaving_the_data_roots_are_skipped_and_listed(api: Any, tmp_path:
     plain = _extract(api, "linked", "linked-plain", follow_symlinks=False)
     assert plain["result"]["num_images"] == 2
     assert plain["result"]["skipped"] == {"symlink not followed": 2}
+
+
+HOLD_LOCK = """
+import sys
+from featurizer.store import FeatureStore
+lock = FeatureStore.lock_for_writing(sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_a_job_is_refused_while_another_process_writes_the_store(api: Any) -> None:
+    """`decaf extract` into the server's datasets directory and a job: one writer."""
+    out = api.datasets / "held"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        failed = _extract(api, "pets", "held")
+        assert failed["status"] == "failed"
+        assert f"is being written by another process (pid {holder.pid} on " in failed["error"]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(60)
+    assert _extract(api, "pets", "held")["status"] == "succeeded"
