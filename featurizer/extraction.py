@@ -112,66 +112,40 @@ def extract_dataset(
     started = time.perf_counter()
     _check_options(batch_size, part_size, workers, engine, ray, featurizer)
     root_path, out_path = resolve_paths(root, out)
+    featurizer_kwargs: dict[str, Any] = {
+        "backbone": backbone,
+        "weights": weights,
+        "precision": precision,
+        "crop": crop,
+        "device": device,
+    }
+    if layers is not None:
+        featurizer_kwargs["layers"] = tuple(layers)
+    files_this_run = 0
     with _writer_lock(out_path) as lock:
         scan = scan_folder(root_path, follow_symlinks=follow_symlinks, allowed_roots=allowed_roots)
         if not scan.records:
             raise DatasetError(f"no files found below {root_path}{_skips_note(scan)}")
-        return _extract(
-            scan, root_path, out_path, lock, started, featurizer, workers, engine, ray,
-            featurizer_kwargs={
-                "backbone": backbone,
-                "weights": weights,
-                "precision": precision,
-                "crop": crop,
-                "device": device,
-                **({} if layers is None else {"layers": tuple(layers)}),
-            },
-            part_size=part_size, batch_size=batch_size, overwrite=overwrite,
-            progress=progress, should_stop=should_stop,
-        )  # fmt: skip
-
-
-def _extract(
-    scan: FolderScan,
-    root_path: Path,
-    out_path: Path,
-    lock: WriterLock,
-    started: float,
-    featurizer: Featurizer | None,
-    workers: int | None,
-    engine: Engine,
-    ray: RayOptions | None,
-    *,
-    featurizer_kwargs: dict[str, Any],
-    part_size: int,
-    batch_size: int,
-    overwrite: bool,
-    progress: ProgressFn | None,
-    should_stop: Callable[[], bool] | None,
-) -> ExtractionResult:
-    records = scan.records
-    files_this_run = 0
-    with start_engine(engine, featurizer_kwargs, featurizer, workers, ray) as runner:
-        config = store_config(runner.description, root_path, records, part_size)
-        run = RunInfo(
-            source_root=str(root_path),
-            engine=runner.name,
-            device=runner.description.get("device"),
-            batch_size=batch_size,
-            ray=runner.cluster,
-        )
-        with FeatureStore.create_or_resume(
-            out_path, config, run, overwrite=overwrite, lock=lock
-        ) as store:
-            if not store.already_complete:
-                plan = PartPlan(
-                    root_path, records, part_size, batch_size, tuple(store.pending_parts)
-                )
-                _run_engine(store, runner, plan, progress, should_stop)
-                store.finalize([entry.to_error() for entry in scan.skipped])
-                files_this_run = plan.pending_files
-            manifest = store.manifest
-            resumed = store.resumed_parts
+        with start_engine(engine, featurizer_kwargs, featurizer, workers, ray) as runner:
+            config = store_config(runner.description, root_path, scan.records, part_size)
+            run = RunInfo(
+                source_root=str(root_path),
+                engine=runner.name,
+                device=runner.description.get("device"),
+                batch_size=batch_size,
+                ray=runner.cluster,
+            )
+            with FeatureStore.create_or_resume(
+                out_path, config, run, overwrite=overwrite, lock=lock
+            ) as store:
+                if not store.already_complete:
+                    pending = tuple(store.pending_parts)
+                    plan = PartPlan(root_path, scan.records, part_size, batch_size, pending)
+                    _run_engine(store, runner, plan, progress, should_stop)
+                    store.finalize([entry.to_error() for entry in scan.skipped])
+                    files_this_run = plan.pending_files
+                manifest = store.manifest
+                resumed = store.resumed_parts
     return ExtractionResult(
         store=out_path,
         num_images=manifest.num_images,
