@@ -139,6 +139,8 @@ def test_disk_full_during_extract_names_the_part_and_a_rerun_resumes(
     summary = json.loads(capsys.readouterr().out)
     assert summary["resumed_parts"] == 1 and summary["num_images"] == 8
     assert summary["files_this_run"] == 7  # parts 1 and 2: resumed files are not work done
+    rate = summary["images_per_s"]
+    assert rate == pytest.approx(7 / summary["seconds"], rel=0.01, abs=0.02)
     assert FeatureStore.open(out).info().status == "complete"
 
 
