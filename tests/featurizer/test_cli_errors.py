@@ -18,7 +18,8 @@ import pytest
 
 from featurizer import cli as fcli
 from featurizer.errors import EXIT_STATUSES, DecafError, exit_code_of
-from featurizer.store import FeatureStore, part_name
+from featurizer.store import MANIFEST_NAME, FeatureStore, part_name
+from tests.featurizer.store_fixtures import write_store
 from tests.featurizer.test_batch import build_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,3 +157,17 @@ def test_disk_full_with_v_shows_the_traceback(
     err = capsys.readouterr().err
     assert "Traceback (most recent call last):" in err and "OSError: [Errno 28]" in err
     assert err.splitlines()[-1].startswith("decaf: error: disk full while writing part-00000")
+
+
+def test_info_on_an_invalid_manifest_is_one_line_and_a_conflict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "store"
+    write_store(out)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["parts"][0]["file"] = "../../etc/passwd"
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert fcli.main(["info", str(out)]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"decaf: error: {out / MANIFEST_NAME}: ")
+    assert "must be a plain part-NNNNN.parquet name inside the store" in err
