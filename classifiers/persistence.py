@@ -11,10 +11,17 @@ Both files are written to temporary names and renamed, so a crash never leaves h
 Loading trusts neither file: every field and array is checked (kind, shape, finite values) and
 anything off is a ProbeError naming the file and the field, never a traceback or a probe that
 silently predicts nonsense.
+
+``probe.json`` records a sha256 of each array and of the class list (``checksums``), verified on
+load: an edited array, a renamed or dropped class, or arrays from another probe are refused even
+when their shapes happen to fit. Probes saved before checksums were recorded (no ``checksums``
+field) still load: every structural check above applies to them, and saving them again adds the
+checksums. A ``checksums`` field that is present but malformed or incomplete is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -35,6 +42,7 @@ PROBE_FORMAT_VERSION = 1
 JSON_NAME = "probe.json"
 ARRAYS_NAME = "arrays.npz"
 ARRAY_KEYS = ("coef", "intercept", "mean", "scale")
+CHECKSUM_KEYS = (*ARRAY_KEYS, "classes")
 # Provenance fields that must agree between a probe and the features it is applied to (the layer
 # and its dimension are checked beside them, in check_compatible).
 COMPATIBILITY_KEYS = ("backbone", "weights_id", "weights_sha256", "preprocessing")
@@ -177,6 +185,7 @@ def save_probe(
         "mean": probe.mean_,
         "scale": probe.scale_,
     }
+    document["checksums"] = _checksums(arrays, classes)
     atomic_write(out / ARRAYS_NAME, lambda f: np.savez(f, **arrays))
     text = json.dumps(document, indent=2, sort_keys=False, allow_nan=False)
     atomic_write(out / JSON_NAME, text)
@@ -208,7 +217,47 @@ def load_probe(path: str | Path) -> tuple[LinearProbe, dict[str, Any]]:
     probe.n_iter_ = 1
     probe.n_features_in_ = int(meta["n_features"])
     _check_arrays(probe, root)
+    _verify_checksums(meta, arrays, root)
     return probe, meta
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    """Of the float64 values as loaded (little-endian, C order) and the shape."""
+    values = np.ascontiguousarray(array, dtype="<f8")
+    digest = hashlib.sha256(f"{values.shape}".encode())
+    digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def _checksums(arrays: Mapping[str, np.ndarray], classes: list[Any]) -> dict[str, str]:
+    sums = {key: _array_sha256(arrays[key]) for key in ARRAY_KEYS}
+    sums["classes"] = hashlib.sha256(json.dumps(classes).encode()).hexdigest()
+    return sums
+
+
+def _verify_checksums(
+    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], root: Path
+) -> None:
+    """Compare with the checksums recorded at save; older probes without them pass (see the
+    module docstring)."""
+    if "checksums" not in meta:
+        return
+    recorded = meta["checksums"]
+    if not isinstance(recorded, dict) or not all(
+        isinstance(recorded.get(key), str) for key in CHECKSUM_KEYS
+    ):
+        raise ProbeError(
+            f"{root / JSON_NAME}: 'checksums' must give a sha256 for each of "
+            f"{', '.join(CHECKSUM_KEYS)}; the file was edited (fit the probe again)"
+        )
+    actual = _checksums(arrays, meta["classes"])
+    changed = [key for key in CHECKSUM_KEYS if recorded[key] != actual[key]]
+    if changed:
+        raise ProbeError(
+            f"{root}: {', '.join(changed)} changed since the probe was saved (sha256 mismatch): "
+            "the files were edited, damaged or mixed with another probe's; fit the probe again "
+            "or restore its files"
+        )
 
 
 def _read_document(path: Path) -> dict[str, Any]:

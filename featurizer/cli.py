@@ -10,11 +10,12 @@ import argparse
 import functools
 import json
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from featurizer.argtypes import comma_list, non_negative_float, non_negative_int, positive_int
 from featurizer.backbones import DEFAULT_BACKBONE, backbone_names
-from featurizer.errors import DecafError
+from featurizer.errors import EXIT_CONFLICT, EXIT_INTERRUPTED, DecafError, exit_code_of
 from featurizer.options import CROP_MODES, DECODERS, ENGINES, PRECISIONS
 from featurizer.progress import ProgressBar
 
@@ -93,6 +94,14 @@ def _register_extract(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing store instead of resuming it"
     )
     parser.add_argument(
+        "--no-follow-symlinks",
+        dest="follow_symlinks",
+        action="store_false",
+        help="skip symbolic links below ROOT (default: follow them, files and folders, as "
+        "torchvision's ImageFolder does; loops are not entered); skipped entries are listed "
+        "in STORE/_errors.jsonl",
+    )
+    parser.add_argument(
         "--engine",
         choices=ENGINES,
         default="local",
@@ -137,8 +146,8 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
         run_info,
         help="summarise a feature store",
         description="Show what a feature store holds, and check every part against the "
-        "manifest (rows, layer dimensions) from the Parquet footers. Exit status 1 if the "
-        "store is damaged.",
+        "manifest (rows, layer dimensions) from the Parquet footers. Exit status 4 if the "
+        "store is damaged or its manifest invalid.",
     )
 
 
@@ -184,24 +193,36 @@ def run_extract(args: argparse.Namespace) -> int:
             engine=args.engine,
             ray=_ray_options(args),
             progress=functools.partial(_show, bar),
+            follow_symlinks=args.follow_symlinks,
         )
     summary = {
         "store": str(result.store),
         "num_images": result.num_images,
         "num_errors": result.num_errors,
+        "num_skipped": result.num_skipped,
+        "skipped": result.skipped,
         "seconds": round(result.seconds, 3),
+        "files_this_run": result.files_this_run,
+        "images_per_s": round(result.images_per_s, 2),
         "resumed_parts": result.resumed_parts,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        rate = result.num_images / result.seconds if result.seconds > 0 else 0.0
         print(
             f"{result.num_images} images -> {result.store} in {result.seconds:.1f} s "
-            f"({rate:.1f} images/s overall), {result.num_errors} unreadable "
+            f"({result.images_per_s:.1f} images/s over the {result.files_this_run} files of "
+            f"this run), {result.num_errors} unreadable, {_skipped_text(result.skipped)} "
             f"(see {ERRORS_NAME}), {result.resumed_parts} part(s) resumed"
         )
     return 0
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    if not skipped:
+        return "0 skipped"
+    kinds = ", ".join(f"{count} {kind}" for kind, count in skipped.items())
+    return f"{sum(skipped.values())} skipped: {kinds}"
 
 
 def _ray_options(args: argparse.Namespace) -> Any:
@@ -244,7 +265,7 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(info.to_dict(), indent=2, sort_keys=True, ensure_ascii=False))
     else:
         print(format_info(info))
-    return 1 if info.problems else 0
+    return EXIT_CONFLICT if info.problems else 0
 
 
 def format_info(info: StoreInfo) -> str:
@@ -264,6 +285,8 @@ def format_info(info: StoreInfo) -> str:
         f"images:       {manifest.num_images}",
         f"errors:       {manifest.num_errors}"
         + (f" (see {info.errors_file})" if manifest.num_errors else ""),
+        f"skipped:      {manifest.skipped}"
+        + (f" (links, FIFOs, ...; see {info.errors_file})" if manifest.skipped else ""),
         f"layers:       {layers}",
         f"backbone:     {manifest.backbone}  weights: {manifest.weights_id}{sha}",
         f"precision:    {manifest.precision}  dtype: {manifest.dtype}",
@@ -337,20 +360,45 @@ def run_store_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- running a command
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command. A user-caused problem (any :class:`DecafError`, an OS error such as
+    a full disk or a missing permission) is one line ``decaf: error: ...`` on stderr and the
+    exit status of :data:`featurizer.errors.EXIT_STATUSES`; ``-v`` adds the traceback. Anything
+    else is a bug: it propagates with its traceback (exit status 1).
+    """
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of stdout left: the entry point decides
+        raise
+    except (DecafError, OSError) as exc:
+        return report_error(exc, verbose=bool(getattr(args, "verbose", False)))
+    except KeyboardInterrupt:
+        print("decaf: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def report_error(exc: BaseException, *, verbose: bool) -> int:
+    """Print ``exc`` as one ``decaf: error:`` line (after its traceback with ``verbose``)."""
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"decaf: error: {message or type(exc).__name__}", file=sys.stderr)
+    return exit_code_of(exc)
+
+
 def _build_standalone_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m featurizer.cli")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m featurizer.cli extract|info|store ...`: the same commands without the service."""
-    args = _build_standalone_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DecafError as exc:
-        print(f"decaf: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(_build_standalone_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

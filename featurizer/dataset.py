@@ -2,15 +2,24 @@
 
 An image folder is ImageFolder-style: ``ROOT/<class>/.../<file>`` gives the label ``<class>``;
 files directly in ``ROOT`` have no label (``None``). Every regular, non-hidden file counts: the
-content decides what is an image, so an unreadable file becomes an ``errors.jsonl`` entry at
+content decides what is an image, so an unreadable file becomes an ``_errors.jsonl`` entry at
 extraction time instead of silently disappearing because of its extension.
+
+Symbolic links are followed, files and folders alike, as torchvision's ``ImageFolder`` does
+(``os.walk(followlinks=True)``): many datasets are trees of links (split folders pointing into
+one pool of images). A link back to a folder being scanned (a loop) is not entered. Everything
+the scan passes over besides hidden names (``.*``) is a :class:`SkippedEntry` with its reason,
+which the store lists in ``_errors.jsonl``: dangling links, loops, FIFOs, sockets and devices
+(opening a FIFO would block the reader forever), unreadable folders, links leaving the allowed
+roots (the service) and, with ``follow_symlinks=False``, every link.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from featurizer.errors import DecafError
+from featurizer.store.manifest import ErrorEntry
 
 LoadFn = Callable[[str], torch.Tensor]
 # What a worker returns for one file: its index and either the tensor or why it failed.
@@ -34,43 +44,166 @@ class ImageRecord:
     label: str | None  # first-level sub-folder name, None for files directly in the root
 
 
-def scan_image_folder(root: str | Path) -> list[ImageRecord]:
-    """List every regular, non-hidden file below ``root``, sorted by relative path.
+@dataclass(frozen=True)
+class SkippedEntry:
+    """Something below the root that is not a file to extract, and why."""
 
-    Symlinked directories are not descended into (no loops, no escaping the root); a symlinked
-    file is kept only when it resolves to a regular file inside the root.
+    path: str  # POSIX path relative to the root
+    label: str | None
+    kind: str  # short reason, counted in summaries: "dangling symlink", "FIFO", ...
+    detail: str
+
+    def to_error(self) -> ErrorEntry:
+        """The ``_errors.jsonl`` entry (``{"path", "label", "error"}``) of this entry."""
+        error = f"skipped ({self.kind}): {self.detail}"
+        return {"path": self.path, "label": self.label, "error": error}
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    records: list[ImageRecord]  # sorted by path
+    skipped: list[SkippedEntry] = field(default_factory=list)  # sorted by path
+
+    def skip_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self.skipped:
+            counts[entry.kind] = counts.get(entry.kind, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def scan_image_folder(
+    root: str | Path,
+    *,
+    follow_symlinks: bool = True,
+    allowed_roots: Sequence[str | Path] | None = None,
+) -> list[ImageRecord]:
+    """The files :func:`scan_folder` finds, without the entries it passed over."""
+    return scan_folder(root, follow_symlinks=follow_symlinks, allowed_roots=allowed_roots).records
+
+
+def scan_folder(
+    root: str | Path,
+    *,
+    follow_symlinks: bool = True,
+    allowed_roots: Sequence[str | Path] | None = None,
+) -> FolderScan:
+    """Every regular, non-hidden file below ``root`` (sorted by relative path), and every entry
+    passed over with its reason.
+
+    ``follow_symlinks=False`` skips every symbolic link (each one recorded). ``allowed_roots``
+    (the service's data roots): a link whose target lies outside all of them is skipped.
     """
     root_path = Path(root)
     if not root_path.is_dir():
         raise DatasetError(f"image folder not found or not a directory: {root_path}")
-    real_root = os.path.realpath(root_path)
-    records: list[ImageRecord] = []
-    for dirpath, dirnames, filenames in os.walk(root_path, followlinks=False):
-        # Pruning in place stops os.walk from entering hidden folders at all.
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("."):
+    walk = _Walk(follow_symlinks, allowed_roots)
+    try:
+        walk.folder(str(root_path), "", (os.path.realpath(root_path),))
+    except OSError as exc:
+        raise DatasetError(f"cannot read the image folder {root_path}: {exc.strerror}") from exc
+    walk.records.sort(key=lambda r: r.path)
+    walk.skipped.sort(key=lambda s: s.path)
+    return FolderScan(walk.records, walk.skipped)
+
+
+class _Walk:
+    """Depth-first scan with an explicit stack (no recursion limit on deep trees)."""
+
+    def __init__(self, follow: bool, allowed_roots: Sequence[str | Path] | None) -> None:
+        self.follow = follow
+        self.allowed = (
+            None if allowed_roots is None else [os.path.realpath(r) for r in allowed_roots]
+        )
+        self.records: list[ImageRecord] = []
+        self.skipped: list[SkippedEntry] = []
+
+    def folder(self, path: str, rel: str, ancestors: tuple[str, ...]) -> None:
+        # ancestors: real paths of the folders from the root down to this one (loop guard).
+        stack = [(path, rel, ancestors)]
+        first = True
+        while stack:
+            path, rel, ancestors = stack.pop()
+            try:
+                with os.scandir(path) as listing:
+                    entries = sorted(listing, key=lambda e: e.name)
+            except OSError as exc:
+                if first:
+                    raise
+                self._skip(rel, "unreadable folder", f"cannot list it: {exc.strerror or exc}")
                 continue
-            full = os.path.join(dirpath, name)
-            if not _is_regular_file_inside(full, real_root):
-                continue
-            rel = Path(os.path.relpath(full, root_path)).as_posix()
-            records.append(ImageRecord(path=rel, label=_label_of(rel)))
-    records.sort(key=lambda r: r.path)
-    return records
+            first = False
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # hidden: .DS_Store, .git, our own temporary files
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                found = self._entry(entry, child, ancestors)
+                if found is not None:
+                    stack.append((entry.path, child, (*ancestors, found)))
+
+    def _entry(self, entry: os.DirEntry[str], rel: str, ancestors: tuple[str, ...]) -> str | None:
+        """Record a file or a skip; a folder to enter is returned as its real path."""
+        try:
+            if entry.is_symlink():
+                return self._link(entry, rel, ancestors)
+            if entry.is_dir(follow_symlinks=False):
+                return os.path.join(ancestors[-1], entry.name)
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except OSError as exc:
+            self._skip(rel, "unreadable", f"cannot stat it: {exc.strerror or exc}")
+            return None
+        return self._file_or_special(mode, rel, "")
+
+    def _link(self, entry: os.DirEntry[str], rel: str, ancestors: tuple[str, ...]) -> str | None:
+        target = os.readlink(entry.path)
+        if not self.follow:
+            self._skip(rel, "symlink not followed", f"link to {target} (--no-follow-symlinks)")
+            return None
+        real = os.path.realpath(entry.path)
+        try:
+            mode = os.stat(entry.path).st_mode
+        except FileNotFoundError:
+            self._skip(rel, "dangling symlink", f"link to {target}, which does not exist")
+            return None
+        except OSError as exc:  # ELOOP: links pointing at each other
+            self._skip(rel, "symlink loop", f"link to {target}: {exc.strerror or exc}")
+            return None
+        if self.allowed is not None and not any(_inside(real, r) for r in self.allowed):
+            self._skip(rel, "symlink leaves the data roots", f"link to {real}")
+            return None
+        if stat.S_ISDIR(mode):
+            if real in ancestors:
+                self._skip(rel, "symlink loop", f"link to {target}, a folder that contains it")
+                return None
+            return real
+        return self._file_or_special(mode, rel, f"link to {target}: ")
+
+    def _file_or_special(self, mode: int, rel: str, prefix: str) -> None:
+        if stat.S_ISREG(mode):
+            self.records.append(ImageRecord(path=rel, label=_label_of(rel)))
+            return None
+        kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a regular file")
+        self._skip(rel, kind, f"{prefix}not a regular file")
+        return None
+
+    def _skip(self, rel: str, kind: str, detail: str) -> None:
+        self.skipped.append(SkippedEntry(rel, _label_of(rel), kind, detail))
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
 
 
 def _label_of(rel_path: str) -> str | None:
     head, sep, _ = rel_path.partition("/")
     return head if sep else None
-
-
-def _is_regular_file_inside(path: str, real_root: str) -> bool:
-    if not os.path.islink(path):
-        return os.path.isfile(path)
-    target = os.path.realpath(path)
-    inside = os.path.commonpath([target, real_root]) == real_root
-    return inside and os.path.isfile(target)
 
 
 class PathTable:

@@ -1,10 +1,12 @@
 """One orchestration of an extraction, whatever the engine.
 
-:func:`extract_dataset` resolves the paths, scans the folder, starts the engine (the local one
-loads the model; Ray describes it on a worker), opens the store (create or resume, under its
-writer lock), asks the engine for the pending parts, writes each one through the store on
-background threads, reports progress and cancellation, and finalizes the store. Engines only
-produce parts (:mod:`featurizer.engines`); the store owns the format (:mod:`featurizer.store`).
+:func:`extract_dataset` resolves the paths, takes the store's writer lock (a second writer is
+refused before any model loads; the lock is held to the end, ``--overwrite``'s deletion and the
+finalize included), scans the folder, starts the engine (the local one loads the model; Ray
+describes it on a worker), opens the store (create or resume), asks the engine for the pending
+parts, writes each one through the store on background threads, reports progress and
+cancellation, and finalizes the store. Engines only produce parts (:mod:`featurizer.engines`);
+the store owns the format (:mod:`featurizer.store`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from featurizer.dataset import DatasetError, ImageRecord, scan_image_folder
+from featurizer.dataset import DatasetError, FolderScan, ImageRecord, scan_folder
 from featurizer.engines.base import ExtractionEngine, PartPlan
 from featurizer.errors import DecafError, StoreError
 from featurizer.options import ENGINES, CropMode, Decoder, Engine, Precision
 from featurizer.store import FeatureStore, FileList, Manifest, Part, RunInfo, StoreConfig
+from featurizer.store.lock import WriterLock
 
 if TYPE_CHECKING:
     from featurizer.engines.ray import RayOptions
@@ -53,6 +56,17 @@ class ExtractionResult:
     seconds: float
     resumed_parts: int
     manifest: Manifest
+    files_this_run: int = 0  # files this run handled: resumed parts are not work done
+    skipped: dict[str, int] = field(default_factory=dict)  # entries the scan passed over, by kind
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def images_per_s(self) -> float:
+        """Files this run handled per second of this run (model loading included)."""
+        return self.files_this_run / self.seconds if self.seconds > 0 else 0.0
 
 
 ProgressFn = Callable[[ExtractionProgress], None]
@@ -79,6 +93,8 @@ def extract_dataset(
     should_stop: Callable[[], bool] | None = None,
     featurizer: Featurizer | None = None,
     mean_image: str | None = None,
+    follow_symlinks: bool = True,
+    allowed_roots: Sequence[str | Path] | None = None,
 ) -> ExtractionResult:
     """Extract features of every file below ``root`` into the store ``out``.
 
@@ -91,14 +107,14 @@ def extract_dataset(
     in ``_errors.jsonl``. Resuming with the same ``batch_size`` (and device) reproduces an
     uninterrupted run bit for bit; another batch size only changes float rounding.
     ``should_stop()`` is polled after every batch: True raises :class:`ExtractionCancelled`
-    once the parts already handed over are written.
+    once the parts already handed over are written. Symbolic links are followed unless
+    ``follow_symlinks=False``; ``allowed_roots`` refuses links leaving them (see
+    :func:`featurizer.dataset.scan_folder`); what the scan passes over is listed in
+    ``_errors.jsonl`` and counted in ``result.skipped``.
     """
     started = time.perf_counter()
     _check_options(batch_size, part_size, workers, engine, ray, featurizer)
     root_path, out_path = resolve_paths(root, out)
-    records = scan_image_folder(root_path)
-    if not records:
-        raise DatasetError(f"no files found below {root_path}")
     featurizer_kwargs: dict[str, Any] = {
         "backbone": backbone,
         "weights": weights,
@@ -111,24 +127,31 @@ def extract_dataset(
         featurizer_kwargs["layers"] = tuple(layers)
     if mean_image is not None:  # Caffe backbones only; recorded in the preprocessing
         featurizer_kwargs["mean_image"] = str(mean_image)
-    with start_engine(engine, featurizer_kwargs, featurizer, workers, ray) as runner:
-        config = store_config(runner.description, root_path, records, part_size)
-        run = RunInfo(
-            source_root=str(root_path),
-            engine=runner.name,
-            device=runner.description.get("device"),
-            batch_size=batch_size,
-            ray=runner.cluster,
-        )
-        with FeatureStore.create_or_resume(out_path, config, run, overwrite=overwrite) as store:
-            if not store.already_complete:
-                plan = PartPlan(
-                    root_path, records, part_size, batch_size, tuple(store.pending_parts)
-                )
-                _run_engine(store, runner, plan, progress, should_stop)
-                store.finalize()
-            manifest = store.manifest
-            resumed = store.resumed_parts
+    files_this_run = 0
+    with _writer_lock(out_path) as lock:
+        scan = scan_folder(root_path, follow_symlinks=follow_symlinks, allowed_roots=allowed_roots)
+        if not scan.records:
+            raise DatasetError(f"no files found below {root_path}{_skips_note(scan)}")
+        with start_engine(engine, featurizer_kwargs, featurizer, workers, ray) as runner:
+            config = store_config(runner.description, root_path, scan.records, part_size)
+            run = RunInfo(
+                source_root=str(root_path),
+                engine=runner.name,
+                device=runner.description.get("device"),
+                batch_size=batch_size,
+                ray=runner.cluster,
+            )
+            with FeatureStore.create_or_resume(
+                out_path, config, run, overwrite=overwrite, lock=lock
+            ) as store:
+                if not store.already_complete:
+                    pending = tuple(store.pending_parts)
+                    plan = PartPlan(root_path, scan.records, part_size, batch_size, pending)
+                    _run_engine(store, runner, plan, progress, should_stop)
+                    store.finalize([entry.to_error() for entry in scan.skipped])
+                    files_this_run = plan.pending_files
+                manifest = store.manifest
+                resumed = store.resumed_parts
     return ExtractionResult(
         store=out_path,
         num_images=manifest.num_images,
@@ -136,7 +159,41 @@ def extract_dataset(
         seconds=time.perf_counter() - started,
         resumed_parts=resumed,
         manifest=manifest,
+        files_this_run=files_this_run,
+        skipped=scan.skip_counts(),
     )
+
+
+@contextlib.contextmanager
+def _writer_lock(out: Path) -> Iterator[WriterLock]:
+    """The store's writer lock, taken first: a second writer is refused before the scan and the
+    model load. A directory this run created is removed again if it fails before writing."""
+    created = not out.exists()
+    lock = FeatureStore.lock_for_writing(out)
+    try:
+        yield lock
+    except BaseException:
+        if created and lock.held:
+            _remove_empty_store_dir(out)
+        raise
+    finally:
+        lock.release()
+
+
+def _remove_empty_store_dir(out: Path) -> None:
+    from featurizer.store import LOCK_NAME
+
+    if {entry.name for entry in out.iterdir()} <= {LOCK_NAME}:
+        (out / LOCK_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out.rmdir()
+
+
+def _skips_note(scan: FolderScan) -> str:
+    if not scan.skipped:
+        return ""
+    counts = ", ".join(f"{count} {kind}" for kind, count in scan.skip_counts().items())
+    return f" ({len(scan.skipped)} entries skipped: {counts}; e.g. {scan.skipped[0].path})"
 
 
 def _check_options(

@@ -19,7 +19,6 @@ from classifiers.plots import command as plot_command
 from classifiers.reproduce import cli as reproduce_cli
 from featurizer import cli as featurizer_cli
 from featurizer.backbones import command as backbones_command
-from featurizer.errors import DecafError
 from featurizer.runtime import configure_process
 from service import commands as service_commands
 
@@ -30,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="DeCAF features: extract activations of pretrained backbones (AlexNet's "
         "DeCAF5/6/7, VGG-16, ResNet-50, ViT-B/16), fit linear probes, serve them.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service_commands.register(sub)
     featurizer_cli.register(sub)
@@ -49,13 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
-    except DecafError as exc:
-        print(f"decaf: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("decaf: interrupted", file=sys.stderr)
-        return 130
+        # One line and the documented exit status per error (featurizer.errors.EXIT_STATUSES).
+        return featurizer_cli.run_command(args)
     except BrokenPipeError:  # `decaf backbones | head`: the reader left, nothing went wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 # Light on purpose: `decaf serve --help` must not import the web stack or the model.
 from featurizer.backbones import DEFAULT_BACKBONE, backbone_names
@@ -95,6 +96,21 @@ def apply_overrides(args: argparse.Namespace, environ: dict[str, str] | os._Envi
             environ[variable] = str(value)
 
 
+def resolve_served_weights(settings: Any) -> None:
+    """Find (downloading when needed) and verify the weights of every served backbone before
+    uvicorn starts, so weights that cannot be had are one clear sentence (WeightsError: which
+    file, where to put it, DECAF_WEIGHTS) and a non-zero exit, not a traceback from inside the
+    server's lifespan. The state_dicts are dropped again: the server reads each file once more
+    (hash and torch.load, about a second for AlexNet's 233 MB), a price paid once per start.
+    """
+    from featurizer.weights import RANDOM_WEIGHTS, resolve_weights
+
+    if settings.weights == RANDOM_WEIGHTS:
+        return  # made in memory: nothing to find
+    for backbone in settings.served_backbones:
+        resolve_weights(settings.weights, backbone, download=True)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
@@ -110,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise DecafError(f"invalid DECAF_* setting: {exc}") from exc
     setup_logging(json_logs=settings.log_json, level=settings.log_level)
+    resolve_served_weights(settings)
     uvicorn.run(
         "service.app:create_app_from_env",
         factory=True,

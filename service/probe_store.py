@@ -37,9 +37,10 @@ class ProbeNotFoundError(NotFoundError):
 
 
 class ProbeLoadError(DecafError):
-    """A probe's files are on the server but cannot be read: a server-side problem."""
+    """A probe's files are damaged, edited or missing: the probe exists but cannot be used
+    until it is fitted again (409 with the reason, never a 500)."""
 
-    http_status: ClassVar[int] = 500
+    http_status: ClassVar[int] = 409
 
 
 def make_probe(options: dict[str, Any]) -> LinearProbe:

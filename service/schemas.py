@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from classifiers.options import ClassifierKind, ScoreKind
 from classifiers.registry import PROTOCOLS
 from featurizer.options import CropMode, Engine, Precision
+from featurizer.store import StoreStatus
 from service.paths import NAME_PATTERN
 from service.state import JobStatus
 
@@ -168,6 +169,12 @@ class ExtractionRequest(BaseModel):
     overwrite: bool = Field(
         False, description="replace a finished store of the same name instead of answering 409"
     )
+    follow_symlinks: bool = Field(
+        True,
+        description="follow symbolic links below root, as torchvision's ImageFolder does (loops "
+        "are not entered, links leaving DECAF_DATA_ROOTS are skipped); every skipped entry is "
+        "listed in the store's _errors.jsonl and counted in the job's result",
+    )
 
     @model_validator(mode="after")
     def _ray_options_need_ray(self) -> ExtractionRequest:
@@ -216,6 +223,10 @@ class JobList(BaseModel):
 class DatasetSummary(BaseModel):
     name: str
     complete: bool
+    status: StoreStatus = Field(
+        description="complete | incomplete (being written or interrupted) | invalid (its "
+        "manifest cannot be read: `error` says why; other routes answer 409 for it)"
+    )
     backbone: str | None = None
     num_images: int | None = None
     num_errors: int | None = None

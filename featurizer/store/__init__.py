@@ -12,7 +12,8 @@ Engines produce :class:`Part` objects; the extraction orchestration
 (``FeatureStore.create_or_resume``). ``upgrade_store`` converts a version-1 store in place.
 """
 
-from featurizer.store.layout import clear_store
+from featurizer.store.layout import StoreNotFoundError, clear_store
+from featurizer.store.lock import StoreLockedError
 from featurizer.store.manifest import (
     ERRORS_NAME,
     FORMAT_VERSION,
@@ -31,8 +32,10 @@ from featurizer.store.manifest import (
 )
 from featurizer.store.parts import Part, PartFooter, read_part_footer
 from featurizer.store.store import (
+    STORE_STATUSES,
     FeatureStore,
     StoreInfo,
+    StoreStatus,
     load_features,
     read_errors,
     read_manifest,
@@ -46,6 +49,7 @@ __all__ = [
     "LOCK_NAME",
     "MANIFEST_NAME",
     "RESUME_KEYS",
+    "STORE_STATUSES",
     "V1_ERRORS_NAME",
     "V1_MANIFEST_NAME",
     "ErrorEntry",
@@ -58,6 +62,9 @@ __all__ = [
     "RunInfo",
     "StoreConfig",
     "StoreInfo",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "StoreStatus",
     "UpgradeResult",
     "clear_store",
     "load_features",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from featurizer.atomic import remove_temp_files
 from featurizer.errors import StoreError
@@ -30,6 +30,12 @@ from featurizer.store.manifest import (
 from featurizer.store.parts import PartFooter, existing_part_files, read_part_footer
 
 
+class StoreNotFoundError(StoreError):
+    """No store at that path (no directory, or no manifest in it)."""
+
+    http_status: ClassVar[int] = 404
+
+
 def read_manifest_file(path: Path) -> Manifest:
     try:
         text = path.read_text(encoding="utf-8")
@@ -41,7 +47,7 @@ def read_manifest_file(path: Path) -> Manifest:
 def read_manifest_of(root: Path) -> Manifest:
     """The manifest of either layout; the version-2 name wins (it is the upgrade's commit)."""
     if not root.is_dir():
-        raise StoreError(f"feature store not found: {root}")
+        raise StoreNotFoundError(f"feature store not found: {root}")
     for name, version in ((MANIFEST_NAME, FORMAT_VERSION), (V1_MANIFEST_NAME, 1)):
         path = root / name
         if path.is_file():
@@ -52,7 +58,7 @@ def read_manifest_of(root: Path) -> Manifest:
                     f"to version {version}; {DAMAGED_HINT}"
                 )
             return manifest
-    raise StoreError(f"{root} is not a feature store (no {MANIFEST_NAME})")
+    raise StoreNotFoundError(f"{root} is not a feature store (no {MANIFEST_NAME})")
 
 
 def writer_start(root: Path, config: StoreConfig, run: RunInfo, mode: str) -> Manifest:
@@ -79,7 +85,9 @@ def writer_start(root: Path, config: StoreConfig, run: RunInfo, mode: str) -> Ma
             "afresh or choose another --out"
         )
     if mode == "resume":
-        raise StoreError(f"nothing to resume: {root} is not a feature store (no {MANIFEST_NAME})")
+        raise StoreNotFoundError(
+            f"nothing to resume: {root} is not a feature store (no {MANIFEST_NAME})"
+        )
     return Manifest.new(config, run, created_at=now())
 
 

@@ -163,6 +163,9 @@ class Manifest:
     complete: bool
     classes: tuple[str, ...] = ()
     parts: tuple[PartEntry, ...] = field(default=())
+    # Entries the folder scan passed over (dangling links, FIFOs, ...), listed in _errors.jsonl
+    # beside the unreadable files; absent from stores written before it was recorded.
+    skipped: int = 0
 
     @classmethod
     def new(cls, config: StoreConfig, run: RunInfo, *, created_at: str) -> Manifest:
@@ -221,6 +224,10 @@ class Manifest:
             data = json.loads(text)
         except ValueError as exc:
             raise StoreError(f"{source} is not valid JSON ({exc}); {DAMAGED_HINT}") from exc
+        except RecursionError as exc:  # [[[[... nested deeper than the parser goes
+            raise StoreError(
+                f"{source} is nested too deeply to be a manifest; {DAMAGED_HINT}"
+            ) from exc
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -254,6 +261,7 @@ class Manifest:
             complete=fields.boolean("complete"),
             classes=fields.strings("classes"),
             parts=fields.parts("parts"),
+            skipped=fields.integer("skipped", minimum=0, optional=True) or 0,
         )
         _check_parts(manifest, data, source)
         return manifest
@@ -301,6 +309,19 @@ def _check_parts(manifest: Manifest, data: Mapping[str, Any], source: str) -> No
         raise StoreError(
             f"{source}: part {max(indices)} is beyond the {manifest.config.num_parts} parts of "
             f"{manifest.files.count} files; {DAMAGED_HINT}"
+        )
+    config = manifest.config
+    for part in manifest.parts:
+        start, end = config.part_range(part.index)
+        if part.rows + part.errors != end - start:
+            raise StoreError(
+                f"{source}: {part.file} lists {part.rows} rows and {part.errors} errors, but part "
+                f"{part.index} covers {end - start} files; {DAMAGED_HINT}"
+            )
+    if manifest.complete and len(manifest.parts) != config.num_parts:
+        raise StoreError(
+            f"{source}: marked complete but lists {len(manifest.parts)} of {config.num_parts} "
+            f"parts; {DAMAGED_HINT}"
         )
     for key, value in (("num_images", manifest.num_images), ("num_errors", manifest.num_errors)):
         if key in data and data[key] != value:

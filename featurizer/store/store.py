@@ -19,19 +19,21 @@ mutex). Readers (:meth:`FeatureStore.open`) take no lock and also read format ve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from featurizer.atomic import atomic_write, remove_temp_files
-from featurizer.errors import StoreError
+from featurizer.errors import DISK_FULL_ERRNOS, StoreError, disk_full
 from featurizer.store.layout import (
     clear_store,
     now,
@@ -65,6 +67,11 @@ from featurizer.store.parts import (
     write_part_file,
 )
 
+# What a store is, as `decaf info` and the service say it: "invalid" = its manifest cannot be
+# read (the reason comes with it); "damaged" = parts disagree with a valid manifest.
+StoreStatus = Literal["complete", "incomplete", "damaged", "invalid"]
+STORE_STATUSES: tuple[StoreStatus, ...] = ("complete", "incomplete", "damaged", "invalid")
+
 
 @dataclass(frozen=True)
 class StoreInfo:
@@ -81,14 +88,22 @@ class StoreInfo:
     def complete(self) -> bool:
         return self.manifest.complete and not self.problems
 
+    @property
+    def status(self) -> StoreStatus:
+        if self.problems:
+            return "damaged"
+        return "complete" if self.manifest.complete else "incomplete"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "store": str(self.path.resolve()),
             "format_version": self.manifest.format_version,
             "complete": self.complete,
+            "status": self.status,
             "problems": list(self.problems),
             "num_images": self.manifest.num_images,
             "num_errors": self.manifest.num_errors,
+            "num_skipped": self.manifest.skipped,
             "errors_file": self.errors_file,
             "class_counts": self.class_counts,
             "disk_bytes": self.disk_bytes,
@@ -130,21 +145,53 @@ class FeatureStore:
 
     @classmethod
     def create_or_resume(
-        cls, path: str | Path, config: StoreConfig, run: RunInfo, *, overwrite: bool = False
+        cls,
+        path: str | Path,
+        config: StoreConfig,
+        run: RunInfo,
+        *,
+        overwrite: bool = False,
+        lock: WriterLock | None = None,
     ) -> FeatureStore:
-        """What ``decaf extract`` does: resume a store that exists, create one otherwise."""
-        return cls._open_writer(Path(path), config, run, mode="auto", overwrite=overwrite)
+        """What ``decaf extract`` does: resume a store that exists, create one otherwise.
+
+        ``lock``: the store's writer lock taken beforehand with :meth:`lock_for_writing` (so a
+        second writer is refused before any model loads); the store releases it on close.
+        """
+        return cls._open_writer(
+            Path(path), config, run, mode="auto", overwrite=overwrite, lock=lock
+        )
+
+    @staticmethod
+    def lock_for_writing(path: str | Path) -> WriterLock:
+        """The writer lock of the store at ``path`` (directory created), held; refused at once
+        with :class:`StoreLockedError` while another writer holds it."""
+        root = Path(path)
+        with writing(f"the store directory {root}"):
+            root.mkdir(parents=True, exist_ok=True)
+        return WriterLock(root).acquire()
 
     @classmethod
     def _open_writer(
-        cls, root: Path, config: StoreConfig, run: RunInfo, *, mode: str, overwrite: bool
+        cls,
+        root: Path,
+        config: StoreConfig,
+        run: RunInfo,
+        *,
+        mode: str,
+        overwrite: bool,
+        lock: WriterLock | None = None,
     ) -> FeatureStore:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(root).acquire()
+        if lock is None:
+            lock = cls.lock_for_writing(root)
+        elif not lock.held or os.path.realpath(lock.store) != os.path.realpath(root):
+            raise ValueError(f"the lock given is not a held lock of {root}")
+        # Held from here to close(): --overwrite's deletion, every part and the finalize.
         try:
-            if overwrite:
-                clear_store(root)
-            remove_temp_files(root)
+            with writing(f"the store {root}"):
+                if overwrite:
+                    clear_store(root)
+                remove_temp_files(root)
             manifest = writer_start(root, config, run, mode)
             store = cls(root, manifest, lock=lock)
             store._adopt_parts_on_disk(config, run)
@@ -225,13 +272,17 @@ class FeatureStore:
                 f"part {part.index} holds {part.files} files, it must hold {end - start}"
             )
         # Encoding runs outside the mutex: several parts are written at once.
-        write_part_file(self.path, part, layers=config.layers, config_sha256=config.sha256())
+        with writing(f"{part_name(part.index)} in {self.path}"):
+            write_part_file(self.path, part, layers=config.layers, config_sha256=config.sha256())
         with self._mutex:
             self._parts[part.index] = PartEntry(part_name(part.index), part.rows, len(part.errors))
             self._save(complete=False)
 
-    def finalize(self) -> Manifest:
+    def finalize(self, skipped: Sequence[ErrorEntry] = ()) -> Manifest:
         """Rebuild ``_errors.jsonl``, classes and counts from the parts themselves; mark complete.
+
+        ``skipped``: entries the folder scan passed over (``SkippedEntry.to_error()``), listed
+        in ``_errors.jsonl`` with the unreadable files, in path order.
 
         Reading the footers (and label columns) again makes the result independent of how many
         runs wrote the parts: a resumed store ends byte-identical to an uninterrupted one.
@@ -246,12 +297,15 @@ class FeatureStore:
                 counts.update(label_counts(self.path / footer.file))
             self._parts = {footer.index: _entry(footer) for footer in footers}
             errors = [error for footer in footers for error in footer.errors]
+            errors = sorted([*errors, *skipped], key=lambda error: error["path"])
             lines = [json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in errors]
-            atomic_write(self.path / ERRORS_NAME, "".join(lines))
+            with writing(f"{ERRORS_NAME} in {self.path}"):
+                atomic_write(self.path / ERRORS_NAME, "".join(lines))
             self._save(
                 complete=True,
                 classes=tuple(sorted(label for label in counts if label is not None)),
                 finished_at=now(),
+                skipped=len(skipped),
             )
         return self._manifest
 
@@ -266,7 +320,8 @@ class FeatureStore:
     def _save(self, *, complete: bool, **changes: Any) -> None:
         parts = tuple(self._parts[k] for k in sorted(self._parts))
         manifest = dataclasses.replace(self._manifest, complete=complete, parts=parts, **changes)
-        atomic_write(self.path / MANIFEST_NAME, manifest.to_json())
+        with writing(f"{MANIFEST_NAME} in {self.path}"):
+            atomic_write(self.path / MANIFEST_NAME, manifest.to_json())
         self._manifest = manifest
 
     # ------------------------------------------------------------------ reading
@@ -381,6 +436,18 @@ def read_errors(store: str | Path) -> list[ErrorEntry]:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+    """OS errors while writing ``what`` become store errors that say what to do: a full disk
+    keeps the parts already written (a rerun resumes), anything else names the file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full(exc, what) from exc
+        raise StoreError(f"cannot write {what}: {exc}") from exc
 
 
 def _part_problems(path: Path, entry: PartEntry, layers: dict[str, int]) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from featurizer.atomic import atomic_write, remove_temp_files
 from featurizer.errors import StoreError
-from featurizer.store.layout import read_manifest_file, remove_v1_leftovers
+from featurizer.store.layout import StoreNotFoundError, read_manifest_file, remove_v1_leftovers
 from featurizer.store.lock import WriterLock
 from featurizer.store.manifest import (
     ERRORS_NAME,
@@ -53,7 +53,7 @@ def upgrade_store(path: str | Path) -> UpgradeResult:
     """Convert a version-1 store to version 2 in place (a version-2 store: finish or no-op)."""
     root = Path(path)
     if not root.is_dir():
-        raise StoreError(f"feature store not found: {root}")
+        raise StoreNotFoundError(f"feature store not found: {root}")
     with WriterLock(root):
         remove_temp_files(root)
         if (root / MANIFEST_NAME).is_file():

@@ -53,6 +53,9 @@ def run_extraction(ctx: JobContext, featurizer_factory: FeaturizerFactory) -> di
         "overwrite": bool(params.get("overwrite")) and ctx.attempt == 1,
         "progress": on_progress,
         "should_stop": ctx.should_stop,
+        "follow_symlinks": bool(params.get("follow_symlinks", True)),
+        # A link inside the root must not lead the job out of the folders it may read.
+        "allowed_roots": list(ctx.settings.data_roots),
     }
     if params.get("part_size"):
         options["part_size"] = int(params["part_size"])
@@ -65,7 +68,8 @@ def run_extraction(ctx: JobContext, featurizer_factory: FeaturizerFactory) -> di
         "done": total,
         "total": total,
         "errors": result.num_errors,
-        "images_per_s": round(total / result.seconds, 2) if result.seconds > 0 else 0.0,
+        # Over the files this attempt handled: parts resumed from earlier attempts are not speed.
+        "images_per_s": round(result.images_per_s, 2),
         "eta_s": 0.0,
     }
     ctx.report(final, force=True)
@@ -74,8 +78,11 @@ def run_extraction(ctx: JobContext, featurizer_factory: FeaturizerFactory) -> di
         "store": str(result.store),
         "num_images": result.num_images,
         "num_errors": result.num_errors,
+        "num_skipped": result.num_skipped,
+        "skipped": result.skipped,
         "seconds": round(result.seconds, 3),
         "resumed_parts": result.resumed_parts,
+        "files_this_run": result.files_this_run,
         "progress": final,
     }
 

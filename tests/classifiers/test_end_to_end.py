@@ -199,7 +199,7 @@ def test_fit_predict_and_mismatch(digits_store, capsys, tmp_path):
     code, _, err = run_cli(
         capsys, "probe", "predict", str(probe_dir), picks[0], "--weights", "random"
     )
-    assert code == 2
+    assert code == 4  # a conflict: the probe does not match the features
     assert "do not match the probe" in err and "weights_id" in err
 
 

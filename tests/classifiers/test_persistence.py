@@ -237,6 +237,23 @@ TAMPERINGS = {
         "cannot be read",
     ),
     "npz deleted": (lambda out: (out / "arrays.npz").unlink(), "missing"),
+    # Shapes and values still plausible: only the checksums recorded at save catch these.
+    "class renamed": (
+        lambda out: _edit_json(out, lambda d: d["classes"].__setitem__(0, "renamed")),
+        r"classes changed since the probe was saved \(sha256 mismatch\)",
+    ),
+    "coefficient edited": (
+        lambda out: _edit_arrays(out, lambda a: a["coef"].__setitem__((0, 0), a["coef"][0, 0] + 1)),
+        r"coef changed since the probe was saved",
+    ),
+    "arrays of another probe": (
+        lambda out: _edit_arrays(out, lambda a: a.update(mean=a["mean"][::-1].copy())),
+        r"mean changed since the probe was saved",
+    ),
+    "checksums emptied": (
+        lambda out: _edit_json(out, lambda d: d.__setitem__("checksums", {})),
+        r"'checksums' must give a sha256 for each of coef, intercept, mean, scale, classes",
+    ),
 }
 
 
@@ -248,3 +265,24 @@ def test_tampered_probe_files_are_clear_errors(tmp_path, data, tampering):
     tamper(out)
     with pytest.raises(ProbeError, match=message):
         load_probe(out)
+
+
+def test_probe_saved_before_checksums_still_loads(tmp_path, data):
+    """Probes written before checksums were recorded pass the structural checks alone."""
+    X, y = data
+    probe = LinearProbe(C=1.0).fit(X, y)
+    out = save_probe(probe, tmp_path / "p", provenance={"layer": "x"})
+    _edit_json(out, lambda d: d.pop("checksums"))
+    loaded, _ = load_probe(out)
+    np.testing.assert_array_equal(loaded.predict(X), probe.predict(X))
+    _edit_arrays(out, lambda a: a["coef"].__setitem__((0, 0), np.nan))
+    with pytest.raises(ProbeError, match="coef holds NaN"):
+        load_probe(out)
+
+
+def test_saved_probe_records_a_checksum_of_every_array_and_the_classes(tmp_path, data):
+    X, y = data
+    out = save_probe(LinearProbe(C=1.0).fit(X, y), tmp_path / "p", provenance={"layer": "x"})
+    checksums = json.loads((out / "probe.json").read_text())["checksums"]
+    assert sorted(checksums) == sorted(["coef", "intercept", "mean", "scale", "classes"])
+    assert all(len(value) == 64 for value in checksums.values())

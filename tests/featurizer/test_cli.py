@@ -155,7 +155,7 @@ def test_info_json(clean_store: tuple[Path, str], capsys: pytest.CaptureFixture[
 def test_info_on_missing_store_is_a_clean_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert fcli.main(["info", str(tmp_path / "nope")]) == 2
+    assert fcli.main(["info", str(tmp_path / "nope")]) == 5  # not found
     assert "decaf: error: feature store not found" in capsys.readouterr().err
 
 
@@ -165,7 +165,7 @@ def test_extract_unknown_layer_is_a_clean_error(
     root, _ = images
     code = fcli.main(["extract", str(root), "--out", str(tmp_path / "s"), *SMALL,
                       "--layers", "decaf6,fc9"])  # fmt: skip
-    assert code == 2
+    assert code == 3  # bad input
     assert "fc9" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
@@ -204,7 +204,7 @@ def test_ray_engine_receives_the_cli_options(
 def test_ray_options_without_the_ray_engine_are_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert fcli.main(["extract", "imgs", "--out", "s", "--concurrency", "2"]) == 2
+    assert fcli.main(["extract", "imgs", "--out", "s", "--concurrency", "2"]) == 3
     assert "--concurrency only apply with --engine ray" in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import functools
 import io
 import os
 import pickle
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 from featurizer.dataset import (
     DatasetError,
+    FolderScan,
     ImageFileDataset,
     ImageRecord,
     PartBatchSampler,
@@ -21,6 +23,7 @@ from featurizer.dataset import (
     collate_items,
     merge_batches,
     part_batches,
+    scan_folder,
     scan_image_folder,
 )
 from featurizer.preprocess import PreprocessSpec, load_and_preprocess
@@ -59,15 +62,107 @@ def test_scan_skips_hidden_files_and_folders(tmp_path: Path) -> None:
     assert [r.path for r in scan_image_folder(tmp_path)] == ["a/ok.jpg"]
 
 
-def test_scan_symlinks_never_leave_the_root(tmp_path: Path) -> None:
-    root, outside = tmp_path / "root", tmp_path / "outside"
+def _skips(scan: FolderScan) -> dict[str, str]:
+    return {entry.path: entry.kind for entry in scan.skipped}
+
+
+def test_scan_follows_symlinked_files_and_folders_like_image_folder(tmp_path: Path) -> None:
+    """A split folder made only of links into one pool, as many datasets ship."""
+    pool, root = tmp_path / "pool", tmp_path / "train"
+    for rel in ["cat/1.jpg", "cat/2.jpg", "dog/3.jpg", "loose.jpg"]:
+        _touch(pool / rel)
+    root.mkdir()
+    os.symlink(pool / "cat", root / "cat")  # a class folder that is a link
+    (root / "dog").mkdir()
+    os.symlink(pool / "dog" / "3.jpg", root / "dog" / "3.jpg")  # a file that is a link
+    os.symlink("../pool/loose.jpg", root / "loose.jpg")  # relative link, outside the root
+    scan = scan_folder(root)
+    assert scan.records == [
+        ImageRecord("cat/1.jpg", "cat"),
+        ImageRecord("cat/2.jpg", "cat"),
+        ImageRecord("dog/3.jpg", "dog"),
+        ImageRecord("loose.jpg", None),
+    ]
+    assert scan.skipped == []
+    assert torchvision_image_folder_paths(root) == ["cat/1.jpg", "cat/2.jpg", "dog/3.jpg"]
+
+
+def torchvision_image_folder_paths(root: Path) -> list[str]:
+    """What torchvision's ImageFolder finds (class folders only, any extension)."""
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    found = make_dataset(str(root), find_classes(str(root))[1], is_valid_file=lambda _: True)
+    return sorted(Path(path).relative_to(root).as_posix() for path, _ in found)
+
+
+def test_scan_records_what_it_passes_over_with_the_reason(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _touch(root / "a" / "ok.jpg")
+    os.symlink(tmp_path / "gone.jpg", root / "a" / "dangling.jpg")
+    os.mkfifo(root / "a" / "pipe.jpg")  # opening it would block the decoder forever
+    os.symlink(root, root / "a" / "back_to_root")  # a loop through an ancestor
+    os.symlink(root / "a", root / "a" / "self")
+    os.symlink("ping", root / "pong.jpg")  # links pointing at each other
+    os.symlink("pong.jpg", root / "ping")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(root / "a" / "sock"))
+        scan = scan_folder(root)
+    assert [r.path for r in scan.records] == ["a/ok.jpg"]
+    assert _skips(scan) == {
+        "a/back_to_root": "symlink loop",
+        "a/dangling.jpg": "dangling symlink",
+        "a/pipe.jpg": "FIFO",
+        "a/self": "symlink loop",
+        "a/sock": "socket",
+        "ping": "symlink loop",
+        "pong.jpg": "symlink loop",
+    }
+    entry = scan.skipped[1].to_error()
+    assert entry == {
+        "path": "a/dangling.jpg",
+        "label": "a",
+        "error": f"skipped (dangling symlink): link to {tmp_path / 'gone.jpg'}, which does not "
+        "exist",
+    }
+    assert scan.skip_counts() == {"FIFO": 1, "dangling symlink": 1, "socket": 1, "symlink loop": 4}
+
+
+def test_scan_without_following_links_records_each_one(tmp_path: Path) -> None:
+    root = tmp_path / "root"
     _touch(root / "a" / "real.jpg")
-    _touch(outside / "secret.jpg")
-    os.symlink(outside / "secret.jpg", root / "a" / "escape.jpg")
     os.symlink(root / "a" / "real.jpg", root / "a" / "alias.jpg")
-    os.symlink(outside, root / "linked_dir")
-    paths = [r.path for r in scan_image_folder(root)]
-    assert paths == ["a/alias.jpg", "a/real.jpg"]
+    os.symlink(root / "a", root / "b")
+    scan = scan_folder(root, follow_symlinks=False)
+    assert [r.path for r in scan.records] == ["a/real.jpg"]
+    assert _skips(scan) == {"a/alias.jpg": "symlink not followed", "b": "symlink not followed"}
+
+
+def test_scan_with_allowed_roots_refuses_links_that_leave_them(tmp_path: Path) -> None:
+    """The service: a link inside a data root must not lead out of the data roots."""
+    data, secret = tmp_path / "data", tmp_path / "secret"
+    _touch(data / "set" / "a" / "real.jpg")
+    _touch(data / "other" / "shared.jpg")
+    _touch(secret / "key.jpg")
+    os.symlink(secret / "key.jpg", data / "set" / "a" / "escape.jpg")
+    os.symlink(secret, data / "set" / "leak")
+    os.symlink(data / "other", data / "set" / "b")  # elsewhere, but inside the data root
+    scan = scan_folder(data / "set", allowed_roots=[data])
+    assert [r.path for r in scan.records] == ["a/real.jpg", "b/shared.jpg"]
+    assert _skips(scan) == {
+        "a/escape.jpg": "symlink leaves the data roots",
+        "leak": "symlink leaves the data roots",
+    }
+    assert [r.path for r in scan_folder(data / "set").records] == [
+        "a/escape.jpg", "a/real.jpg", "b/shared.jpg", "leak/key.jpg"
+    ]  # fmt: skip
+
+
+def test_a_root_that_is_a_link_and_holds_only_links(tmp_path: Path) -> None:
+    _touch(tmp_path / "pool" / "x" / "1.jpg")
+    (tmp_path / "links").mkdir()
+    os.symlink(tmp_path / "pool" / "x", tmp_path / "links" / "x")
+    os.symlink(tmp_path / "links", tmp_path / "root")
+    assert scan_image_folder(tmp_path / "root") == [ImageRecord("x/1.jpg", "x")]
 
 
 def test_scan_missing_root_is_a_clear_error(tmp_path: Path) -> None:

@@ -127,7 +127,9 @@ def test_reader_reads_float16_and_sliced_chunks(tmp_path: Path) -> None:
     col = pa.FixedSizeListArray.from_arrays(pa.array(X.astype(np.float16).ravel()), 4)
     table = pa.table({"path": [f"{i}.jpg" for i in range(6)], "label": ["c"] * 6, "decaf6": col})
     pq.write_table(table, out / "part-00000.parquet", row_group_size=4)
-    manifest = json.loads(Manifest.new(config(layers={"decaf6": 4}), RUN, created_at="t").to_json())
+    manifest = json.loads(
+        Manifest.new(config(layers={"decaf6": 4}, part_size=6), RUN, created_at="t").to_json()
+    )
     manifest.update(complete=True, parts=[{"file": "part-00000.parquet", "rows": 6, "errors": 0}])
     manifest.update(num_images=6, num_errors=0)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
@@ -213,12 +215,12 @@ def test_info_reports_wrong_dims_and_damaged_parts_as_not_complete(
         load_features(out, "decaf6")
 
     capsys.readouterr()
-    assert fcli.main(["info", str(out)]) == 1
+    assert fcli.main(["info", str(out)]) == 4  # damaged: a conflict
     text = capsys.readouterr().out
     assert "status:       DAMAGED (1 problem(s) below)" in text
     assert "problem:      part-00001.parquet: layer 'decaf6'" in text
     (out / part_name(0)).write_bytes(b"PAR1 garbage")
-    assert fcli.main(["info", str(out), "--json"]) == 1
+    assert fcli.main(["info", str(out), "--json"]) == 4
     summary = json.loads(capsys.readouterr().out)
     assert summary["complete"] is False and len(summary["problems"]) == 2
     assert "damaged feature-store part" in summary["problems"][0]
@@ -227,7 +229,7 @@ def test_info_reports_wrong_dims_and_damaged_parts_as_not_complete(
 def test_info_of_missing_store_is_a_clean_cli_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert fcli.main(["info", str(tmp_path / "nope")]) == 2
+    assert fcli.main(["info", str(tmp_path / "nope")]) == 5
     assert "decaf: error: feature store not found" in capsys.readouterr().err
 
 

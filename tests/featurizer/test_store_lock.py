@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import select
+import socket
 from pathlib import Path
 
 import pytest
 
 from featurizer.errors import StoreError
-from featurizer.store import LOCK_NAME, FeatureStore
+from featurizer.store import LOCK_NAME, FeatureStore, StoreLockedError
 from tests.featurizer.store_fixtures import RUN, config
 
 TIMEOUT_S = 60
@@ -38,8 +40,12 @@ def test_second_writer_in_another_process_is_refused_with_its_pid(tmp_path: Path
     holder.start()
     try:
         assert locked.wait(TIMEOUT_S), "the child never took the lock"
-        with pytest.raises(StoreError, match=rf"written by another process \(pid {holder.pid}\)"):
+        with pytest.raises(StoreLockedError) as refused:
             FeatureStore.create_or_resume(out, config(), RUN)
+        message = str(refused.value)
+        host = socket.gethostname()
+        assert f"written by another process (pid {holder.pid} on {host}, `" in message
+        assert re.search(r", since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)", message), message
         assert FeatureStore.open(out).manifest.complete is False  # readers take no lock
     finally:
         release.set()

@@ -178,5 +178,5 @@ def test_store_upgrade_command(stores, capsys: pytest.CaptureFixture[str]) -> No
         "changed": False,
     }
     assert (v1 / ERRORS_NAME).exists()
-    assert fcli.main(["store", "upgrade", str(v1.parent / "missing")]) == 2
+    assert fcli.main(["store", "upgrade", str(v1.parent / "missing")]) == 5
     assert "decaf: error: feature store not found" in capsys.readouterr().err

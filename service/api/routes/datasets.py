@@ -21,7 +21,7 @@ def get_datasets(settings: SettingsDep, db: DbDep, jobs: JobsDep) -> dict:
 @router.get(
     "/datasets/{name}",
     summary="One feature store: manifest, counts per class, size on disk",
-    responses=problem_responses(400, 404),
+    responses=problem_responses(400, 404, 409),
 )
 def get_dataset(name: str, settings: SettingsDep, db: DbDep) -> dict[str, Any]:
     return dataset_info(settings, db, name)
