@@ -114,7 +114,8 @@ def _resolve(weights: str, record: Backbone, *, download: bool, seed: int) -> Lo
         return _random_weights(record, seed)
     if weights == IMAGENET_WEIGHTS:
         override = os.environ.get(WEIGHTS_ENV_VAR)
-        if override:
+        # `decaf serve --weights imagenet` exports the word itself: that is no file override.
+        if override and override != IMAGENET_WEIGHTS:
             return _load_file(record, Path(override).expanduser(), origin=f"${WEIGHTS_ENV_VAR}")
         return _load_tag(record, record.default_tag, download=download)
     tag = record.find_tag(weights)

@@ -193,6 +193,18 @@ def test_decaf_weights_env_overrides_imagenet(
         resolve_weights("imagenet", download=False)
 
 
+def test_decaf_weights_set_to_the_word_imagenet_means_the_default_tag(
+    torch_home, monkeypatch, weights_file, weights_sha
+):
+    # `decaf serve --weights imagenet` exports DECAF_WEIGHTS=imagenet: not a file called "imagenet".
+    record = test_record(weights_file, weights_sha)
+    monkeypatch.setenv("DECAF_WEIGHTS", "imagenet")
+    with pytest.raises(WeightsError) as info:
+        resolve_weights("imagenet", record, download=False)
+    assert "$DECAF_WEIGHTS" not in str(info.value)  # the origin of a file override
+    assert record.default_tag.filename in str(info.value)
+
+
 def test_wrapped_and_dataparallel_checkpoints_are_accepted(tmp_path, random_state_dict):
     path = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in random_state_dict.items()}}, path)
