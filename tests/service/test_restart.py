@@ -2,6 +2,11 @@
 
 After the restart: probes and finished jobs are still listed, the probe still predicts, and the
 killed extraction job is resumed from the parts it had written and runs to completion.
+
+"Mid-extraction" is not left to timing (on a fast machine 80 images are done before a poll sees
+16): the first server runs `decaf serve` behind a gate the test controls. Once the test creates
+the arm file, a job's model passes go through `PASSES` times and the next one is held until the
+process dies, so the kill lands with exactly `PASSES` parts written, every time.
 """
 
 from __future__ import annotations
@@ -25,6 +30,24 @@ from tests.service._state_helpers import CLASS_COLOURS, image_bytes, make_image_
 
 REPO = Path(__file__).resolve().parents[2]
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
+PASSES = 2  # model passes (of one 8-image part each) let through once the gate is armed
+
+# `decaf serve` with its job threads' model passes gated; the HTTP path is not gated.
+GATED_SERVE = """
+import os, sys, threading
+from featurizer.extractor import Featurizer
+arm_file, passes = os.environ["DECAF_TEST_ARM_FILE"], int(os.environ["DECAF_TEST_PASSES"])
+forward, counted = Featurizer.forward, []
+def gated(self, *args, **kwargs):
+    if threading.current_thread().name.startswith("decaf-job") and os.path.exists(arm_file):
+        counted.append(1)
+        if len(counted) > passes:
+            threading.Event().wait()  # held until the test kills the process
+    return forward(self, *args, **kwargs)
+Featurizer.forward = gated
+from service.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _free_port() -> int:
@@ -34,17 +57,23 @@ def _free_port() -> int:
 
 
 @contextmanager
-def decaf_server(tmp_path: Path, log_name: str) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
-    """`python -m service.cli serve --weights random` on a free port, data under tmp_path."""
+def decaf_server(
+    tmp_path: Path, log_name: str, arm_file: Path | None = None
+) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
+    """`python -m service.cli serve --weights random` on a free port, data under tmp_path;
+    with `arm_file`: behind the gate (see the module docstring)."""
     port = _free_port()
     env = {
         **os.environ,
         "DECAF_DATA_DIR": str(tmp_path / "data"),
         "DECAF_DATA_ROOTS": str(tmp_path / "roots"),
         "DECAF_API_KEY": "",
+        "DECAF_TEST_ARM_FILE": str(arm_file),
+        "DECAF_TEST_PASSES": str(PASSES),
     }
+    entry = ["-m", "service.cli"] if arm_file is None else ["-c", GATED_SERVE]
     command = [
-        sys.executable, "-m", "service.cli", "serve", "--weights", "random",
+        sys.executable, *entry, "serve", "--weights", "random",
         "--host", "127.0.0.1", "--port", str(port), "--layers", "decaf6,decaf7",
         "--max-batch-size", "8", "--decode-threads", "1",
     ]  # fmt: skip
@@ -112,7 +141,8 @@ def test_sigkill_mid_extraction_then_restart(tmp_path: Path) -> None:
     make_image_tree(roots / "small", per_class=3)
     make_image_tree(roots / "big", per_class=40)  # 80 images, 10 parts of 8
 
-    with decaf_server(tmp_path, "first.log") as (process, client):
+    arm_file = tmp_path / "arm-the-gate"
+    with decaf_server(tmp_path, "first.log", arm_file) as (process, client):
         small = client.post(
             "/v1/extractions",
             json={"root": "small", "name": "small", "layers": ["decaf6"], "batch_size": 8},
@@ -127,6 +157,7 @@ def test_sigkill_mid_extraction_then_restart(tmp_path: Path) -> None:
         dataset_probe = fitted["result"]["probe_id"]
         few_shot = _few_shot_probe(client)
 
+        arm_file.touch()  # the small job is done: from now on, job passes are counted
         big = client.post(
             "/v1/extractions",
             json={
@@ -137,15 +168,21 @@ def test_sigkill_mid_extraction_then_restart(tmp_path: Path) -> None:
                 "part_size": 8,
             },
         ).json()
+        # Polls a state the gate guarantees (the deadline only turns a hang into a failure).
         deadline = time.monotonic() + 120
         while True:
             job = client.get(f"/v1/jobs/{big['id']}").json()
-            if job["status"] == "running" and job["progress"].get("done", 0) >= 16:
+            if job["progress"].get("done", 0) >= PASSES * 8:
                 break
             assert job["status"] in ("queued", "running"), job
             assert time.monotonic() < deadline, job
             time.sleep(0.05)
-        assert job["progress"]["done"] < job["progress"]["total"], "finished before the kill"
+        assert job["status"] == "running" and job["progress"]["done"] == PASSES * 8, job
+        # Parts are written by writer threads: wait for both files (atomic renames) to be there.
+        store = tmp_path / "data" / "datasets" / "big"
+        while len(list(store.glob("part-*.parquet"))) < PASSES:
+            assert time.monotonic() < deadline, sorted(p.name for p in store.iterdir())
+            time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
 
@@ -171,7 +208,7 @@ def test_sigkill_mid_extraction_then_restart(tmp_path: Path) -> None:
         assert resumed["status"] == "succeeded", resumed
         assert resumed["attempts"] == 2
         assert "resumed after the server stopped unexpectedly" in resumed["note"]
-        assert resumed["result"]["resumed_parts"] >= 1
+        assert resumed["result"]["resumed_parts"] == PASSES
         assert resumed["result"]["num_images"] == 80
         info = client.get("/v1/datasets/big").json()
         assert info["complete"] and info["class_counts"] == {"cat": 40, "dog": 40}
