@@ -34,7 +34,13 @@ from featurizer.errors import DecafError
 from service.batcher import QueueFullError
 from service.echo import shorten
 from service.errors import InvalidRequestError
-from service.problems import PROBLEM_MEDIA_TYPE, Problem, http_problem, problem_from_error
+from service.problems import (
+    MAX_DETAIL_CHARS,
+    PROBLEM_MEDIA_TYPE,
+    Problem,
+    http_problem,
+    problem_from_error,
+)
 from service.schemas import Problem as ProblemSchema
 from service.uploads import ClientDisconnectedError
 
@@ -144,7 +150,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     problem = Problem(
         status=base.status,
         title=base.title,
-        detail=f"invalid request: {summary}",
+        detail=shorten(f"invalid request: {summary}", MAX_DETAIL_CHARS),
         type=base.type,
         extensions={"errors": errors},
     )
