@@ -28,9 +28,12 @@ from service.job_context import JobHandler
 from service.jobs import JobManager
 from service.metrics import ServiceMetrics
 from service.middleware import (
+    ApiKeyMiddleware,
     BodySizeLimitMiddleware,
+    JsonBodyGuardMiddleware,
     RequestMetricsMiddleware,
     TimeoutMiddleware,
+    UnexpectedErrorMiddleware,
 )
 from service.models import ModelPool, load_featurizers, start_pool
 from service.probe_store import ProbeStore
@@ -139,11 +142,15 @@ def create_app(
     for module in ROUTERS:
         app.include_router(module.router)
     page.mount_static(app)  # the web page's CSS and JavaScript; the page itself is at `/`
-    document_problems(app)
-    # Added innermost first: body cap → timeout → metrics/logging (outermost, sees 413/504 too).
+    document_problems(app, api_key=settings.api_key is not None)
+    # Added innermost first. From the outside in: metrics/logging (sees every answer) → 500 for
+    # the unexpected → API key (before any body byte is read) → body cap → timeout → JSON guard.
     body_cap = settings.max_upload_bytes * settings.max_files_per_request + MiB
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=body_cap)
+    app.add_middleware(JsonBodyGuardMiddleware)
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=body_cap)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 

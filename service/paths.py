@@ -15,9 +15,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from featurizer.errors import DecafError
+from service.echo import echo
 
+# One definition each, used by the request schemas, the path parameters (and so the OpenAPI
+# `pattern`) and `validate_name`.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+# Job and probe ids are `uuid.uuid4().hex` (service.jobs, service.probe_store).
+ID_PATTERN = r"^[0-9a-f]{32}$"
+# Longer than any path the OS accepts (Linux PATH_MAX is 4096 bytes).
+MAX_PATH_CHARS = 4096
 
 
 class ServicePathError(DecafError, ValueError):
@@ -95,12 +102,12 @@ def resolve_data_root(user_path: str, data_roots: Sequence[Path | str]) -> Path:
         if not _inside(resolved, roots):
             continue
         if not resolved.is_dir():
-            raise DataRootNotFoundError(f"root {user_path!r} is not a directory")
+            raise DataRootNotFoundError(f"root {echo(user_path)} is not a directory")
         return resolved
     if missing is not None:
-        raise DataRootNotFoundError(f"root {user_path!r} does not exist inside the data roots")
+        raise DataRootNotFoundError(f"root {echo(user_path)} does not exist inside the data roots")
     raise PathNotAllowedError(
-        f"root {user_path!r} is outside the allowed data roots ({allowed_text}); "
+        f"root {echo(user_path)} is outside the allowed data roots ({allowed_text}); "
         "paths may not leave them via '..', absolute paths or symlinks"
     )
 
@@ -109,7 +116,7 @@ def validate_name(name: str, what: str = "name") -> str:
     """Return `name` if it is safe as a single directory name, else raise InvalidNameError."""
     if not _NAME_RE.fullmatch(name or ""):
         raise InvalidNameError(
-            f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"invalid {what} {echo(name)}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name

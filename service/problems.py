@@ -31,12 +31,16 @@ from http import HTTPStatus
 from typing import Any
 
 from featurizer.errors import DecafError
+from service.echo import shorten
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "/problems/"
 BLANK_TYPE = "about:blank"
 # A 503 without an estimate of its own: a model still loading or a server shutting down.
 DEFAULT_RETRY_AFTER_S = 5
+# A safety net: messages quote input through `service.echo`; one that does not still cannot make
+# an error answer as large as the request that caused it.
+MAX_DETAIL_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def problem_from_error(exc: DecafError) -> Problem:
     return Problem(
         status=status,
         title=problem_title(type(exc)),
-        detail=str(exc) or problem_title(type(exc)),
+        detail=shorten(str(exc), MAX_DETAIL_CHARS) or problem_title(type(exc)),
         type=problem_type(type(exc)),
         headers=headers,
     )
@@ -121,7 +125,7 @@ def http_problem(
     return Problem(
         status=status,
         title=status_phrase(status),
-        detail=detail,
+        detail=shorten(detail, MAX_DETAIL_CHARS),
         headers=dict(headers or {}),
         extensions=extensions,
     )

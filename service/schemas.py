@@ -17,7 +17,7 @@ from classifiers.options import ClassifierKind, ScoreKind
 from classifiers.registry import PROTOCOLS
 from featurizer.options import CropMode, Engine, Precision
 from featurizer.store import StoreStatus
-from service.paths import NAME_PATTERN
+from service.paths import MAX_PATH_CHARS, NAME_PATTERN
 from service.state import JobStatus
 
 # `predefined` needs a split file on the server's disk, which a request must not name.
@@ -115,13 +115,29 @@ class FeaturesResponse(BaseModel):
 
 
 # --------------------------------------------------------------------------- jobs + datasets
+# The engine "ray" options, given with engine "local", are refused (see `_ray_options_need_ray`);
+# said in the schema too, so a client (or a fuzzer) can know it.
+_RAY_ONLY_OPTIONS = ("num_gpus_per_worker", "concurrency")
+_RAY_OPTIONS_NEED_RAY = {
+    "if": {"not": {"required": ["engine"], "properties": {"engine": {"const": "ray"}}}},
+    "then": {"properties": {name: {"type": "null"} for name in _RAY_ONLY_OPTIONS}},
+}
+# Numbers outside these bounds were accepted and failed later, inside a job (issue 12).
+MAX_COUNT = 1_000_000
+MAX_SEED = 2**32 - 1  # numpy's RandomState accepts 0 … 2**32 - 1
+MAX_C = 1e6
+
+
 class ExtractionRequest(BaseModel):
     """Extract features of every image below `root` into the feature store `name`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra=_RAY_OPTIONS_NEED_RAY
+    )
 
     root: str = Field(
         min_length=1,
+        max_length=MAX_PATH_CHARS,
         description="directory to read: absolute, or relative to one of DECAF_DATA_ROOTS; it "
         "must resolve (symlinks and '..' included) inside DECAF_DATA_ROOTS",
         examples=["caltech101"],
@@ -132,7 +148,7 @@ class ExtractionRequest(BaseModel):
         examples=["caltech101-decaf"],
     )
     backbone: str | None = BACKBONE_FIELD
-    layers: list[str] | None = Field(
+    layers: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None,
         min_length=1,
         max_length=64,
@@ -180,11 +196,7 @@ class ExtractionRequest(BaseModel):
     def _ray_options_need_ray(self) -> ExtractionRequest:
         # Silently ignoring them would let a client believe it got 4 GPU actors.
         if self.engine != "ray":
-            given = [
-                name
-                for name in ("num_gpus_per_worker", "concurrency")
-                if getattr(self, name) is not None
-            ]
+            given = [name for name in _RAY_ONLY_OPTIONS if getattr(self, name) is not None]
             if given:
                 raise ValueError(f'{" and ".join(given)} only apply to "engine": "ray"')
         return self
@@ -246,7 +258,7 @@ class DatasetList(BaseModel):
 class ProtocolSpec(BaseModel):
     """Evaluation protocol run before the final fit (metrics land in the probe)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: ServiceProtocol = Field(  # type: ignore[valid-type]
         "stratified",
@@ -254,23 +266,28 @@ class ProtocolSpec(BaseModel):
         "50/50 per class; stratified: train_fraction per class",
     )
     n_train: int | None = Field(
-        None, ge=1, description="training images per class (default: caltech101 30, sun397 50)"
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="training images per class (default: caltech101 30, sun397 50)",
     )
-    max_test: int | None = Field(None, ge=1, description="test images per class, at most")
+    max_test: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="test images per class, at most"
+    )
     splits: int = Field(5, ge=1, le=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     train_fraction: float = Field(0.5, gt=0, lt=1)
 
 
 class ProbeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backbone: str | None = BACKBONE_FIELD
     layer: str | None = Field(None, description="default: the backbone's default layer")
     classifier: ClassifierKind = Field(
         "logreg", description="logreg: scores are probabilities; svm: scores are margins"
     )
-    C: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+    C: Literal["auto"] | Annotated[float, Field(gt=0, le=MAX_C)] = Field(
         "auto", description="'auto': chosen by cross-validation on the training data"
     )
     standardize: bool = True

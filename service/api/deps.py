@@ -1,6 +1,7 @@
-"""FastAPI dependencies, and nothing else: settings, models, database, jobs, uploads, probes, key.
+"""FastAPI dependencies, and nothing else: settings, models, database, jobs, uploads, probes.
 
-`require_api_key` runs through `service.api.routing.KeyCheckedRoute`, before the body is read.
+The API key is checked before any of these, by `service.middleware.ApiKeyMiddleware`, before the
+body is read.
 
 Everything lives on `app.state` (set by the lifespan in `service.app`); routes receive it through
 the `Annotated[..., Depends()]` aliases below, so tests can build an app with any settings and
@@ -10,12 +11,11 @@ answers 503 with Retry-After instead of failing obscurely.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from service.errors import ApiKeyError, NotReadyError
+from service.errors import NotReadyError
 from service.jobs import JobManager
 from service.metrics import ServiceMetrics
 from service.models import ModelPool
@@ -69,29 +69,3 @@ DbDep = Annotated[Database, Depends(get_db)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 UploadsDep = Annotated[UploadPipeline, Depends(get_uploads)]
 ProbesDep = Annotated[ProbeStore, Depends(get_probes)]
-
-
-def _presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    authorization = request.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
-
-
-def require_api_key(request: Request) -> None:
-    """Accept `X-API-Key: KEY` or `Authorization: Bearer KEY` when DECAF_API_KEY is set."""
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    presented = _presented_key(request)
-    # compare_digest: the time taken must not reveal how much of the key matched.
-    if presented is None or not hmac.compare_digest(
-        presented.encode("utf-8"), expected.get_secret_value().encode("utf-8")
-    ):
-        raise ApiKeyError(
-            "missing or invalid API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
-        )

@@ -1,35 +1,15 @@
-"""The route class of the /v1 routers: the API key is checked before the body is read.
+"""The /v1 routers: one per resource, all under the `/v1` prefix.
 
-FastAPI reads (and for multipart, spools to disk) a request's body before it solves the route's
-dependencies, so a key checked as a dependency would let anyone without one make the server
-parse uploads up to the body cap. This route class checks it first, with the same function.
+What every /v1 operation shares is applied by path, not by router, so a route added any other
+way is covered too: the API key (`service.middleware.ApiKeyMiddleware`, before the body is read)
+and the documented problem answers and security (`service.api.errors.document_problems`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
-
-from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
-
-from service.api.deps import require_api_key
-from service.api.errors import V1_PROBLEMS
-
-
-class KeyCheckedRoute(APIRoute):
-    """An APIRoute that answers 401 (ApiKeyError) before touching the body."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def checked(request: Request) -> Response:
-            require_api_key(request)
-            return await handler(request)
-
-        return checked
+from fastapi import APIRouter
 
 
 def v1_router(tag: str) -> APIRouter:
-    """A /v1 router: API key checked before the body, the shared problem responses documented."""
-    return APIRouter(prefix="/v1", tags=[tag], route_class=KeyCheckedRoute, responses=V1_PROBLEMS)
+    """A router for one resource under /v1."""
+    return APIRouter(prefix="/v1", tags=[tag])

@@ -18,7 +18,8 @@ import pytest
 import featurizer.extraction
 from featurizer import cli as fcli
 from featurizer.extraction import ExtractionResult
-from featurizer.store import ERRORS_NAME, MANIFEST_NAME, FeatureStore, part_name, read_errors
+from featurizer.store import ERRORS_NAME, MANIFEST_NAME, FeatureStore, read_errors
+from tests._gate import gated_decaf
 from tests.featurizer.test_batch import BAD_FILES, build_dataset, part_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,23 +63,31 @@ def test_extract_reports_progress_and_summary(clean_store: tuple[Path, str]) -> 
     assert "29/29" in output and "img/s" in output  # the tqdm bar on stderr
 
 
-def _kill_after_first_part(root: Path, out: Path, log: Path) -> int:
-    """Start `decaf extract`, SIGKILL its whole process group once part 0 exists."""
+PASSES = 2  # parts of 4 images written before the kill
+
+
+def _kill_after_two_parts(root: Path, out: Path, log: Path) -> int:
+    """Start `decaf extract` behind a gate (tests/_gate.py) that holds its third model pass;
+    SIGKILL its whole process group once the two parts before it are on disk."""
+    arm_file = log.with_name("armed")
+    arm_file.touch()
+    decaf, env = gated_decaf(arm_file, PASSES)
     with log.open("wb") as stderr:
         proc = subprocess.Popen(
-            [*DECAF, "extract", str(root), "--out", str(out), *SMALL],
+            [*decaf, "extract", str(root), "--out", str(out), *SMALL],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env=_env(),
+            env=env,
             cwd=REPO,
             start_new_session=True,  # its own group: the decode worker dies with it
         )
+        # Polls a state the gate guarantees (the deadline only turns a hang into a failure).
         deadline = time.monotonic() + 180
         try:
-            while not (out / part_name(0)).exists():
+            while len(part_files(out) if out.exists() else []) < PASSES:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"extract ended/hung before a part appeared:\n{log.read_text()}")
-                time.sleep(0.005)
+                    pytest.fail(f"extract ended/hung before {PASSES} parts:\n{log.read_text()}")
+                time.sleep(0.01)
             os.killpg(proc.pid, signal.SIGKILL)
         finally:
             if proc.poll() is None:
@@ -94,10 +103,10 @@ def test_killed_extraction_resumes_to_the_same_store(
     root, good = images
     clean, _ = clean_store
     out = tmp_path / "killed"
-    returncode = _kill_after_first_part(root, out, tmp_path / "stderr.log")
+    returncode = _kill_after_two_parts(root, out, tmp_path / "stderr.log")
     assert returncode == -signal.SIGKILL
     written = part_files(out)
-    assert 1 <= len(written) < 8, "the kill must land mid-run"
+    assert len(written) == PASSES, "the gate holds the third part"
     assert json.loads((out / MANIFEST_NAME).read_text())["complete"] is False
 
     resumed = subprocess.run(
@@ -106,7 +115,7 @@ def test_killed_extraction_resumes_to_the_same_store(
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
-    assert summary["resumed_parts"] >= len(written) and summary["num_images"] == len(good)
+    assert summary["resumed_parts"] == PASSES and summary["num_images"] == len(good)
 
     clean_parts = part_files(clean)
     assert [p.name for p in part_files(out)] == [p.name for p in clean_parts]

@@ -206,12 +206,14 @@ def test_extraction_without_data_roots_is_refused(tmp_path: Path, shared_featuri
 
 
 def test_not_found_and_conflicts(api: Any) -> None:
-    assert api.get("/v1/jobs/nope").status_code == 404
-    assert "not found" in error_message(api.get("/v1/jobs/nope"))
-    assert api.delete("/v1/jobs/nope").status_code == 404
+    unknown_id = "0" * 32  # well formed (ids are uuid4 hex), but no such job
+    assert api.get(f"/v1/jobs/{unknown_id}").status_code == 404
+    assert "not found" in error_message(api.get(f"/v1/jobs/{unknown_id}"))
+    assert api.delete(f"/v1/jobs/{unknown_id}").status_code == 404
+    assert api.get("/v1/jobs/nope").status_code == 422  # not an id: the path pattern refuses it
     assert api.get("/v1/datasets/nope").status_code == 404
     bad = api.get("/v1/datasets/bad name!")
-    assert bad.status_code == 400 and "invalid dataset name" in error_message(bad)
+    assert bad.status_code == 422 and "should match pattern" in error_message(bad)
     assert api.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
     assert api.get("/v1/jobs", params={"limit": 0}).status_code == 422
     make_image_tree(api.roots / "one", per_class=1)

@@ -242,7 +242,7 @@ def test_unknown_route_is_404_json(client):
 def test_wrong_method_is_405(client):
     response = client.get("/v1/features")
     body = problem(response, 405, "about:blank")
-    assert body["title"] == "Method Not Allowed" and response.headers["Allow"] == "POST"
+    assert body["title"] == "Method Not Allowed" and response.headers["Allow"] == "POST, OPTIONS"
 
 
 def test_openapi_and_docs(client):

@@ -240,7 +240,8 @@ def test_predict_validation(api: Any) -> None:
     url = f"/v1/probes/{probe['id']}/predict"
     assert api.post(url, files=[upload("cat", 1)], params={"top_k": 0}).status_code == 422
     assert api.post(url, data={"x": "1"}).status_code == 422  # no files
-    assert api.get("/v1/probes/unknown").status_code == 404
+    assert api.get("/v1/probes/" + "0" * 32).status_code == 404
+    assert api.get("/v1/probes/unknown").status_code == 422  # not an id (uuid4 hex)
 
 
 # --------------------------------------------------------------------------- auth

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Path
 
 from service.api.deps import DbDep, JobsDep, SettingsDep
 from service.api.errors import problem_responses
 from service.api.routing import v1_router
 from service.dataset_store import dataset_info, list_datasets
+from service.paths import NAME_PATTERN
 from service.schemas import DatasetList
 
 router = v1_router("datasets")
@@ -21,7 +24,11 @@ def get_datasets(settings: SettingsDep, db: DbDep, jobs: JobsDep) -> dict:
 @router.get(
     "/datasets/{name}",
     summary="One feature store: manifest, counts per class, size on disk",
-    responses=problem_responses(400, 404, 409),
+    responses=problem_responses(404, 409),
 )
-def get_dataset(name: str, settings: SettingsDep, db: DbDep) -> dict[str, Any]:
+def get_dataset(
+    name: Annotated[str, Path(pattern=NAME_PATTERN, description="store name")],
+    settings: SettingsDep,
+    db: DbDep,
+) -> dict[str, Any]:
     return dataset_info(settings, db, name)

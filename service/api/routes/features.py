@@ -58,7 +58,7 @@ async def post_features(
     settings: SettingsDep,
     models: ModelsDep,
     uploads: UploadsDep,
-    images: Annotated[list[UploadFile], File(description="one or many image files")],
+    images: Annotated[list[UploadFile], File(description="one or many image files", min_length=1)],
     backbone: Annotated[
         str | None, Query(description="a loaded backbone (GET /v1/model); default: the default")
     ] = None,

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import Query, Response, status
+from fastapi import Path, Query, Response, status
 
 from service.api.deps import JobsDep
 from service.api.errors import problem_responses
 from service.api.routing import v1_router
+from service.paths import ID_PATTERN
 from service.schemas import JobList, JobOut
 from service.state import JobStatus
+from service.tasks import extraction, probe_fit
+
+# The kinds of job this server runs (the handlers `service.app` registers).
+JobKind = Literal[extraction.KIND, probe_fit.KIND]  # type: ignore[valid-type]
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job id (POST answers)")]
 
 router = v1_router("jobs")
 
@@ -19,7 +25,7 @@ router = v1_router("jobs")
 def list_jobs(
     jobs: JobsDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
-    kind: Annotated[str | None, Query(description="extraction | probe_fit")] = None,
+    kind: Annotated[JobKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict:
     return {"jobs": jobs.list(status=status_filter, kind=kind, limit=limit)}
@@ -28,7 +34,7 @@ def list_jobs(
 @router.get(
     "/jobs/{job_id}", response_model=JobOut, summary="One job", responses=problem_responses(404)
 )
-def get_job(job_id: str, jobs: JobsDep) -> dict:
+def get_job(job_id: JobId, jobs: JobsDep) -> dict:
     return jobs.get(job_id)
 
 
@@ -45,7 +51,7 @@ def get_job(job_id: str, jobs: JobsDep) -> dict:
     "server process); the parts it finished stay on disk, so submitting the "
     "same extraction again resumes it. A finished job answers 409.",
 )
-def cancel_job(job_id: str, jobs: JobsDep, response: Response) -> dict:
+def cancel_job(job_id: JobId, jobs: JobsDep, response: Response) -> dict:
     job = jobs.cancel(job_id)
     if job["status"] != "cancelled":
         response.status_code = status.HTTP_202_ACCEPTED

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar, get_args
 
-from fastapi import File, Query, Request, Response, UploadFile, status
+from fastapi import File, Path, Query, Request, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +30,7 @@ from service.api.deps import (
 from service.api.errors import problem_responses
 from service.api.routing import v1_router
 from service.errors import MalformedBodyError, UnsupportedMediaTypeError
+from service.paths import ID_PATTERN
 from service.predict import predict_uploads
 from service.probe_fits import FORM_FIELDS, dataset_fit_params, fit_few_shot, parse_labels
 from service.probe_store import probe_to_dict
@@ -45,6 +46,7 @@ from service.schemas import (
 from service.tasks import probe_fit
 
 router = v1_router("probes")
+ProbeId = Annotated[str, Path(pattern=ID_PATTERN, description="a probe id (GET /v1/probes)")]
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -65,7 +67,11 @@ _MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["files", "labels"],
     "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "files": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+        },
         "labels": {
             "type": "string",
             "description": "JSON array of labels aligned with files (or one `labels` part per "
@@ -178,7 +184,7 @@ def list_probes(probes: ProbesDep) -> dict:
     summary="One probe: classes, metrics, provenance",
     responses=problem_responses(404),
 )
-def get_probe(probe_id: str, probes: ProbesDep) -> dict:
+def get_probe(probe_id: ProbeId, probes: ProbesDep) -> dict:
     return probe_to_dict(probes.get(probe_id), detail=True)
 
 
@@ -188,7 +194,7 @@ def get_probe(probe_id: str, probes: ProbesDep) -> dict:
     summary="Delete a probe and its files",
     responses=problem_responses(404),
 )
-def delete_probe(probe_id: str, probes: ProbesDep) -> Response:
+def delete_probe(probe_id: ProbeId, probes: ProbesDep) -> Response:
     probes.delete(probe_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -205,13 +211,13 @@ def delete_probe(probe_id: str, probes: ProbesDep) -> Response:
     "decoded. 409 if this server cannot make the features the probe was trained on.",
 )
 async def predict(
-    probe_id: str,
+    probe_id: ProbeId,
     request: Request,
     settings: SettingsDep,
     models: ModelsDep,
     uploads: UploadsDep,
     probes: ProbesDep,
-    files: Annotated[list[UploadFile], File(description="images, one part each")],
+    files: Annotated[list[UploadFile], File(description="images, one part each", min_length=1)],
     top_k: Annotated[int, Query(ge=1, le=1000, description="labels per image")] = 5,
 ) -> dict:
     row = await run_in_threadpool(probes.get, probe_id)
