@@ -21,6 +21,7 @@ from classifiers.plots.charts import (
 )
 from classifiers.plots.figure import OTHER_GREY, RANDOM_MARK, class_colours
 from classifiers.synthetic import make_features
+from featurizer.errors import EXIT_BAD_INPUT
 from featurizer.store import FeatureStore, FileList, Part, RunInfo, StoreConfig
 from service.cli import main
 
@@ -128,7 +129,8 @@ def test_beyond_twenty_classes_the_smallest_are_grey() -> None:
 
 
 def test_cli_tsne_refuses_an_unknown_extension(random_store: Path, tmp_path: Path, capsys) -> None:
-    assert main(["plot", "tsne", str(random_store), "--out", str(tmp_path / "map.jpg")]) == 2
+    args = ["plot", "tsne", str(random_store), "--out", str(tmp_path / "map.jpg")]
+    assert main(args) == EXIT_BAD_INPUT
     assert "*.png or *.svg" in capsys.readouterr().err
     assert not (tmp_path / "map.jpg").exists()
 
@@ -245,14 +247,15 @@ def test_layers_chart_puts_the_papers_numbers_beside_ours(tmp_path: Path) -> Non
 def test_cli_result_plot_errors_are_clear(tmp_path: Path, capsys) -> None:
     not_json = tmp_path / "result.json"
     not_json.write_text("decaf6 84.2")
-    assert main(["plot", "layers", str(not_json), "--out", str(tmp_path / "x.png")]) == 2
+    args = ["plot", "layers", str(not_json), "--out", str(tmp_path / "x.png")]
+    assert main(args) == EXIT_BAD_INPUT
     assert "is not JSON" in capsys.readouterr().err
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({"accuracy": 0.9}))
-    assert main(["plot", "curve", str(foreign), "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["plot", "curve", str(foreign), "--out", str(tmp_path / "x.png")]) == EXIT_BAD_INPUT
     assert "neither `decaf probe eval --json`" in capsys.readouterr().err
     missing = tmp_path / "missing.json"
-    assert main(["plot", "confusion", str(missing)]) == 2
+    assert main(["plot", "confusion", str(missing)]) == EXIT_BAD_INPUT
     assert "cannot read result file" in capsys.readouterr().err
 
 

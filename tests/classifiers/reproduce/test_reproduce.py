@@ -18,6 +18,7 @@ from classifiers.errors import ProbeError
 from classifiers.reproduce.paper import PAPER_RESULTS, paper_result
 from classifiers.reproduce.report import format_markdown, weights_slug
 from classifiers.reproduce.runner import ReproduceConfig, check_config, run_reproduce
+from featurizer.errors import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from service.cli import main
 from tests.classifiers.datasets.fakes import caltech_tree, serve, sun_archives, sun_source
 
@@ -185,14 +186,15 @@ def test_invalid_options_fail_before_any_work(tmp_path, capsys):
     with pytest.raises(ProbeError, match="caltech101"):
         check_config(ReproduceConfig(dataset="sun397", train_per_class=5, **base))
     args = ["reproduce", "caltech101", "--backbone", "alexnet", "--classifiers", "knn"]
-    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert main([*args, "--out", str(tmp_path)]) == EXIT_BAD_INPUT
     assert "unknown classifier" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
 def test_offline_without_the_dataset_the_cli_says_what_to_put_where(tmp_path, capsys):
     args = ["reproduce", "caltech101", "--backbone", "alexnet", "--no-download"]
-    assert main([*args, "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    out = str(tmp_path / "out")
+    assert main([*args, "--data-dir", str(tmp_path), "--out", out]) == EXIT_UNAVAILABLE
     err = capsys.readouterr().err
     assert "caltech-101.zip" in err and str(tmp_path) in err and "Traceback" not in err
 

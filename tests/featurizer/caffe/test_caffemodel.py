@@ -160,6 +160,7 @@ def test_featurizer_extracts_the_reference_features(caffemodels, crops, caffe_pa
         backbone="caffenet",
         weights=str(caffemodels["caffenet"]),
         device="cpu",
+        decoder="pil",  # the reference crops come from PIL; the tensor decoder is tested apart
     )
     got = featurizer.extract([sample_photo_path("china.jpg")])
     expected = reference.forward(caffe_input(crops[:1]), caffe_params, lrn_before_pool=False)
