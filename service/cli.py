@@ -1,7 +1,7 @@
 """The `decaf` command: one entry point whose sub-commands come from each package.
 
 Each package owns its sub-commands (`featurizer.cli`, `featurizer.backbones.command`,
-`classifiers.cli`, `service.commands`); this module only assembles them, so `decaf extract` never
+`classifiers.cli`, `retrieval.cli`, `service.commands`); this module only assembles them, so `decaf extract` never
 imports the web stack and `decaf --help` imports neither torch, pyarrow nor scikit-learn. Process
 tuning (`featurizer.runtime`) happens here, before any command can import torch.
 """
@@ -19,6 +19,7 @@ from featurizer import cli as featurizer_cli
 from featurizer.backbones import command as backbones_command
 from featurizer.errors import DecafError
 from featurizer.runtime import configure_process
+from retrieval import cli as retrieval_cli
 from service import commands as service_commands
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     featurizer_cli.register(sub)
     backbones_command.register(sub)
     classifiers_cli.register(sub)
+    retrieval_cli.register(sub)
     return parser
 
 
