@@ -164,7 +164,9 @@ def _codec_part(codec: str, dim: int) -> str:
 def _index_part(kind: str, codec: str, dim: int, nlist: int | None) -> str:
     codec_part = _codec_part(codec, dim)
     if kind == "exact":
-        return codec_part
+        # "np": no polysemous training, which the factory otherwise runs for a bare PQ (measured:
+        # 166 s instead of 0.3 s for 4000 x 64 on 2 cores) and only a Hamming pre-filter uses.
+        return codec_part + ("np" if codec == "pq" else "")
     if kind == "ivf":
         return f"IVF{nlist},{codec_part}"
     return f"HNSW{HNSW_LINKS}" + ("" if codec == "flat" else f"_{codec_part}")

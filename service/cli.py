@@ -1,9 +1,10 @@
 """The `decaf` command: one entry point whose sub-commands come from each package.
 
 Each package owns its sub-commands (`featurizer.cli`, `featurizer.backbones.command`,
-`classifiers.cli`, `retrieval.cli`, `service.commands`); this module only assembles them, so `decaf extract` never
-imports the web stack and `decaf --help` imports neither torch, pyarrow nor scikit-learn. Process
-tuning (`featurizer.runtime`) happens here, before any command can import torch.
+`classifiers.cli`, `retrieval.cli`, `service.commands`); this module only assembles them, so
+`decaf extract` never imports the web stack and `decaf --help` imports neither torch, pyarrow,
+scikit-learn nor FAISS. Process tuning (`featurizer.runtime`) happens here, before any command
+can import torch.
 """
 
 from __future__ import annotations
