@@ -158,7 +158,7 @@ def test_garbage_of_the_right_size_is_refused_by_faiss_not_a_crash(tmp_path, vec
     record = _saved(tmp_path, vectors)
     size = record.index_file.stat().st_size
     record.index_file.write_bytes(b"IxF2" + b"\xff" * (size - 4))  # a plausible header, then junk
-    with pytest.raises(IndexCorruptError, match="cannot be read|holds"):
+    with pytest.raises(IndexCorruptError, match=r"cannot be read|holds"):
         read_index(record)
 
 
