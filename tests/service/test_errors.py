@@ -158,7 +158,7 @@ def test_unknown_job_and_unknown_kind(client: TestClient) -> None:
     problem(client.get("/v1/jobs/nope"), 404, "/problems/job-not-found")
     unknown = client.get("/v1/jobs", params={"kind": "mining"})
     detail = problem(unknown, 422, "/problems/unknown-job-kind")["detail"]
-    assert "this server runs ['extraction', 'probe_fit']" in detail
+    assert "this server runs ['extraction', 'index_build', 'probe_fit']" in detail
 
 
 # --------------------------------------------------------------------------- OpenAPI
