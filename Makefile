@@ -27,7 +27,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/decaf serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check featurizer classifiers service tests benchmarks
+	$(BIN)/ruff check featurizer classifiers retrieval service tests benchmarks
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -36,6 +36,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/extract_throughput.py
 	$(BIN)/python benchmarks/probe_fit.py
 	$(BIN)/python benchmarks/service_load.py
+	$(BIN)/python benchmarks/retrieval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
