@@ -10,8 +10,11 @@ finds a row's image under the dataset's source root — which must still lie ins
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from featurizer.store import FeatureStore
 from retrieval.errors import IndexMissingError
@@ -20,10 +23,12 @@ from service.dataset_store import dataset_path, finished_manifest
 from service.errors import NotFoundError
 from service.models import LoadedModel
 from service.paths import PathNotAllowedError, allowed_roots, resolve_data_root
+from service.problems import problem_from_error
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from retrieval.search import Searcher, SearcherCache
+    from service.uploads import ImageResult
 
 
 class IndexNotBuiltError(IndexMissingError):
@@ -79,6 +84,22 @@ def check_served_model(model: LoadedModel, searcher: Searcher) -> str:
     described["preprocessing"] = {**described.get("preprocessing", {}), "crop_mode": crop}
     check_query_model(described, manifest, searcher.layer)
     return str(crop)
+
+
+def search_answers(searcher: Searcher, results: Sequence[ImageResult], k: int) -> list[dict]:
+    """One answer per uploaded image, in order: its neighbours, or its problem document."""
+    layer = searcher.layer
+    good = [result.features[layer] for result in results if result.features is not None]
+    found = iter(searcher.search(np.stack(good), k) if good else [])
+    answers: list[dict[str, Any]] = []
+    for result in results:
+        if result.error is None:
+            neighbours = [n.to_dict() for n in next(found)]
+            answers.append({"filename": result.filename, "neighbours": neighbours, "error": None})
+        else:
+            error = problem_from_error(result.error).body()
+            answers.append({"filename": result.filename, "neighbours": [], "error": error})
+    return answers
 
 
 def image_file(settings: Settings, name: str, row: int) -> tuple[Path, str]:

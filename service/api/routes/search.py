@@ -17,13 +17,19 @@ from fastapi import File, Query, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from retrieval.search import clamp_k
 from service.api.deps import JobsDep, ModelsDep, SettingsDep, UploadsDep
 from service.api.errors import problem_responses
 from service.api.routing import v1_router
-from service.dataset_search import check_served_model, dataset_searcher, image_file, index_record
+from service.dataset_search import (
+    check_served_model,
+    dataset_searcher,
+    image_file,
+    index_record,
+    search_answers,
+)
 from service.dataset_store import check_layer_stored, dataset_path, finished_manifest
 from service.errors import InvalidOptionError
-from service.problems import problem_from_error
 from service.schemas import IndexOut, IndexRequest, JobOut, SearchResponse
 from service.tasks import index_build
 from service.uploads import ImagesFailedError
@@ -102,27 +108,13 @@ async def search_dataset(
     manifest = searcher.store.manifest
     model = models.get(manifest.backbone)
     crop = check_served_model(model, searcher)
-    from retrieval.search import clamp_k
-
     k, note = clamp_k(k, searcher.rows)
     results = await uploads.featurize(
         images, model=model, layers=[searcher.layer], crop=crop, receive=request.receive
     )
     if not any(result.ok for result in results):
         raise ImagesFailedError(results)
-    good = [result for result in results if result.ok]
-    import numpy as np
-
-    queries = np.stack([result.features[searcher.layer] for result in good])  # type: ignore[index]
-    found = iter(await run_in_threadpool(searcher.search, queries, k))
-    answers = []
-    for result in results:
-        if result.ok:
-            neighbours = [n.to_dict() for n in next(found)]
-            answers.append({"filename": result.filename, "neighbours": neighbours, "error": None})
-        else:
-            error = problem_from_error(result.error).body()  # type: ignore[arg-type]
-            answers.append({"filename": result.filename, "neighbours": [], "error": error})
+    answers = await run_in_threadpool(search_answers, searcher, results, k)
     return {"k": k, "note": note, "index": searcher.record.name, "results": answers}
 
 
