@@ -107,3 +107,56 @@ def test_images_outside_the_data_roots_are_not_served(photos_api, tmp_path, shar
     narrowed = make_settings(tmp_path, api_key=API_KEY, data_roots=[tmp_path / "elsewhere"])
     with running_client(narrowed, shared_featurizer) as client:
         problem(client.get("/v1/datasets/photos/images/0", headers=KEY), 403)
+
+
+@pytest.fixture
+def dataset_settings(tmp_path: Path, shared_featurizer: Any) -> Any:
+    """Settings whose data dir holds a finished dataset "photos" (extracted directly)."""
+    from featurizer.extraction import extract_dataset
+
+    settings = make_settings(tmp_path)
+    write_photo_folder(tmp_path / "roots" / "photos", per_class=4)
+    out = Path(settings.data_dir) / "datasets" / "photos"
+    extract_dataset(tmp_path / "roots" / "photos", out, featurizer=shared_featurizer, part_size=4)
+    return settings
+
+
+def job_context(settings: Any, params: dict[str, Any], *, stop: bool) -> tuple[Any, list]:
+    import threading
+
+    from service.job_context import JobContext
+    from service.state import Database
+
+    reports: list[dict[str, Any]] = []
+    event = threading.Event()
+    if stop:
+        event.set()
+    ctx = JobContext(
+        job_id="j1",
+        kind="index_build",
+        params=params,
+        attempt=1,
+        settings=settings,
+        db=Database.from_settings(settings),  # no job row: only a local cancel stops it
+        stop_event=event,
+        _report=lambda progress, force: reports.append(dict(progress)),
+    )
+    return ctx, reports
+
+
+def test_the_index_job_reports_rows_added_and_stops_when_cancelled(dataset_settings):
+    from retrieval.errors import IndexBuildCancelled
+    from service.tasks.index_build import run_index_build
+
+    params = {"dataset": "photos", "layer": "decaf7", "codec": "fp16"}
+    cancelled, _ = job_context(dataset_settings, params, stop=True)
+    with pytest.raises(IndexBuildCancelled):
+        run_index_build(cancelled)
+    index_dir = Path(dataset_settings.data_dir) / "datasets" / "photos" / "_index"
+    assert not list(index_dir.glob("*/index.json"))  # nothing written
+
+    ctx, reports = job_context(dataset_settings, params, stop=False)
+    result = run_index_build(ctx)
+    assert result["index"] == "decaf7-full-fp16-exact" and result["rows"] == 10
+    added = [r["done"] for r in reports if r["step"] == "adding"]
+    assert added == [0, 4, 8, 10] and reports[-1] == {"done": 10, "total": 10, "step": "done"}
