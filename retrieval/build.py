@@ -75,6 +75,7 @@ def build_from_source(
         report(BuildProgress("training", 0, source.rows))
         index.train(sample)
         del sample
+    reserve_codes(index, source.rows)
     done = 0
     report(BuildProgress("adding", 0, source.rows))
     for part in source.parts():
@@ -84,6 +85,26 @@ def build_from_source(
         report(BuildProgress("adding", done, source.rows))
     apply_search_params(index, recipe.search_params())
     return index
+
+
+def reserve_codes(index: faiss.Index, rows: int) -> None:
+    """Allocate the code array of a flat-codes index (Flat, SQ, PQ; HNSW's storage) once.
+
+    FAISS grows it with ``std::vector::resize`` as parts arrive; each doubling holds the old and
+    the new array at once (measured: 413 MB peak for a 205 MB exact index of 200k x 256). A
+    resize to the final size and back to 0 keeps the capacity, so the adds never reallocate.
+    """
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "chain") else index
+    storage = getattr(inner, "storage", None)  # HNSW keeps its vectors in a flat index
+    if storage is not None:
+        inner = faiss.downcast_index(storage)
+    codes = getattr(inner, "codes", None)
+    if codes is None or inner.ntotal:
+        return
+    codes.resize(rows * inner.code_size)
+    codes.resize(0)
 
 
 def apply_search_params(index: faiss.Index, params: dict[str, int]) -> None:
