@@ -197,7 +197,7 @@ def run_dataset(name: str, rows: int, dim: int, codec: str, args: argparse.Names
         }
     ]
     context = multiprocessing.get_context("fork")
-    part_mb = PART_ROWS * dim * 4 / 1e6
+    part_mb = min(PART_ROWS, rows) * dim * 4 / 1e6
     for kind in args.kinds.split(","):
         queue = context.Queue()
         child = context.Process(
