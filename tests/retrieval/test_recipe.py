@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from retrieval.errors import InvalidIndexOptionError
-from retrieval.recipe import AUTO_EXACT_MAX_FLOATS, IndexSpec, plan, pq_subquantizers
+from retrieval.recipe import (
+    AUTO_EXACT_MAX_FLOATS,
+    TRAIN_SAMPLE_BYTES,
+    IndexSpec,
+    plan,
+    pq_subquantizers,
+)
 
 
 def test_auto_is_exact_for_small_stores_and_ivf_above_the_measured_size():
@@ -21,7 +27,8 @@ def test_pca_dims_decide_auto_and_whitening_is_renormalised():
     assert recipe.factory == "L2norm,PCAW256,L2norm,SQfp16"
     assert recipe.kind == "exact"  # 50k x 256 is below the exact limit, 50k x 4096 is not
     assert recipe.name == "decaf7-256w-fp16-exact"
-    assert recipe.train_rows == 4 * 4096  # a covariance of 4096 dims
+    # a covariance of 4096 dims wants 4 x 4096 rows; the sample is capped in bytes
+    assert recipe.train_rows == min(4 * 4096, TRAIN_SAMPLE_BYTES // (4 * 4096)) >= 4096
 
 
 @pytest.mark.parametrize(
