@@ -164,7 +164,7 @@ def search_settings(recipe) -> list[tuple[str, dict[str, int]]]:
         nlist = recipe.nlist
         return [
             (f"nprobe={p}", {"nprobe": p})
-            for p in sorted({max(1, nlist // f) for f in (128, 64, 32, 16)})
+            for p in sorted({max(1, nlist // f) for f in (256, 128, 64, 32, 16)})
         ]
     if recipe.kind == "hnsw":
         return [(f"ef={ef}", {"efSearch": ef}) for ef in (32, 64, 128)]
