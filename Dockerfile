@@ -35,6 +35,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" \
 COPY pyproject.toml README.md ./
 COPY featurizer ./featurizer
 COPY classifiers ./classifiers
+COPY retrieval ./retrieval
 COPY service ./service
 # The `postgres` extra (psycopg) lets replicas share one PostgreSQL: DECAF_DATABASE_URL.
 RUN pip install --no-cache-dir "./[postgres]" \

@@ -48,7 +48,7 @@ browser:
 	  || echo "WARNING: chromium could not be installed: the browser tests will be skipped"; }
 
 test: $(VENV)/.installed-test postgres-server browser
-	$(BIN)/ruff check featurizer classifiers service tests benchmarks
+	$(BIN)/ruff check featurizer classifiers retrieval service tests benchmarks
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/lint-imports
 	DECAF_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -58,6 +58,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/probe_fit.py
 	$(BIN)/python benchmarks/service_load.py
 	$(BIN)/python benchmarks/tsne.py
+	$(BIN)/python benchmarks/retrieval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

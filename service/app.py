@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from service.api.errors import document_problems, install_error_handlers
-from service.api.routes import datasets, extractions, features, health, jobs, model, page, probes
+from service.api.routes import (
+    datasets,
+    extractions,
+    features,
+    health,
+    jobs,
+    model,
+    page,
+    probes,
+    search,
+)
 from service.job_context import JobHandler
 from service.jobs import JobManager
 from service.metrics import ServiceMetrics
@@ -39,7 +49,7 @@ from service.models import ModelPool, load_featurizers, start_pool
 from service.probe_store import ProbeStore
 from service.settings import Settings, get_settings
 from service.state import Database
-from service.tasks import extraction, probe_fit
+from service.tasks import extraction, index_build, probe_fit
 from service.uploads import UploadLimits, UploadPipeline
 
 if TYPE_CHECKING:
@@ -48,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-ROUTERS = (health, model, features, extractions, jobs, datasets, probes, page)
+ROUTERS = (health, model, features, extractions, jobs, datasets, search, probes, page)
 
 
 def job_handlers(settings: Settings, models: ModelPool) -> dict[str, JobHandler]:
@@ -62,6 +72,7 @@ def job_handlers(settings: Settings, models: ModelPool) -> dict[str, JobHandler]
     return {
         extraction.KIND: extraction.extraction_handler(job_featurizer),
         probe_fit.KIND: probe_fit.run_probe_fit,
+        index_build.KIND: index_build.run_index_build,
     }
 
 

@@ -1,9 +1,10 @@
 """The `decaf` command: one entry point whose sub-commands come from each package.
 
 Each package owns its sub-commands (`featurizer.cli`, `featurizer.backbones.command`,
-`classifiers.cli`, `service.commands`); this module only assembles them, so `decaf extract` never
-imports the web stack and `decaf --help` imports neither torch, pyarrow nor scikit-learn. Process
-tuning (`featurizer.runtime`) happens here, before any command can import torch.
+`classifiers.cli`, `retrieval.cli`, `service.commands`); this module only assembles them, so
+`decaf extract` never imports the web stack and `decaf --help` imports neither torch, pyarrow,
+scikit-learn nor FAISS. Process tuning (`featurizer.runtime`) happens here, before any command
+can import torch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from classifiers.reproduce import cli as reproduce_cli
 from featurizer import cli as featurizer_cli
 from featurizer.backbones import command as backbones_command
 from featurizer.runtime import configure_process
+from retrieval import cli as retrieval_cli
 from service import commands as service_commands
 
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     classifiers_cli.register(sub)
     reproduce_cli.register(sub)
     plot_command.register(sub)
+    retrieval_cli.register(sub)
     return parser
 
 

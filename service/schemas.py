@@ -204,7 +204,7 @@ class ExtractionRequest(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    kind: str = Field(description="the job's handler: extraction | probe_fit")
+    kind: str = Field(description="the job's handler: extraction | index_build | probe_fit")
     status: JobStatus = Field(
         description="queued | running | succeeded | failed | cancelled | "
         "interrupted (stopped by repeated server crashes; resubmit to resume)"
@@ -379,3 +379,68 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
         return node
 
     return resolve(schema)
+
+
+# --------------------------------------------------------------------------- retrieval
+# (Allowed values from `retrieval.options`; imported here, at the end, to keep merges easy.)
+from retrieval.options import CODECS, INDEX_KINDS, Codec, IndexKind  # noqa: E402
+
+
+class IndexRequest(BaseModel):
+    """`POST /v1/datasets/{name}/index`: index one layer of a finished dataset (a job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str = Field(description="a layer of the dataset (GET /v1/datasets/{name})")
+    dim: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="PCA to this many dimensions (default: keep the layer's)"
+    )
+    whiten: bool = Field(False, description="PCA-whitening learned on the dataset (needs dim)")
+    codec: Codec = Field("flat", description=" | ".join(CODECS))
+    kind: IndexKind = Field(
+        "auto", description=" | ".join(INDEX_KINDS) + " (auto: exact for small datasets)"
+    )
+    rebuild: bool = Field(False, description="replace an existing or outdated index")
+
+    @model_validator(mode="after")
+    def _whiten_needs_dim(self) -> IndexRequest:
+        if self.whiten and self.dim is None:
+            raise ValueError("whiten needs dim: whitening is learned with PCA")
+        return self
+
+
+class IndexOut(BaseModel):
+    """A dataset's index: what it was built from and how (its `index.json`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dataset: str
+    name: str = Field(description="the index directory: <layer>-<dims>-<codec>-<kind>")
+    layer: str
+    rows: int
+    backbone: str
+    weights_id: str
+    recipe: dict[str, Any] = Field(description="kind, factory, dim_in, dim_out, nlist, nprobe...")
+    built_at: str | None = None
+    build_seconds: float | None = None
+    index_bytes: int | None = None
+
+
+class SearchNeighbour(BaseModel):
+    row: int = Field(description="row of the dataset (GET /v1/datasets/{name}/images/{row})")
+    path: str = Field(description="relative to the dataset's source root")
+    label: str | None = None
+    score: float = Field(description="cosine similarity (in the PCA space, if the index has one)")
+
+
+class ImageNeighbours(BaseModel):
+    filename: str
+    neighbours: list[SearchNeighbour] = Field(default_factory=list)
+    error: Problem | None = Field(None, description="why this query image was not searched")
+
+
+class SearchResponse(BaseModel):
+    k: int = Field(description="neighbours per image (clamped to the dataset's size)")
+    note: str | None = Field(None, description="e.g. why k was clamped")
+    index: str = Field(description="the index searched")
+    results: list[ImageNeighbours]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -336,6 +337,23 @@ class FeatureStore:
         plus one part.
         """
         manifest = self._manifest
+        self._check_readable(layer, allow_incomplete=allow_incomplete)
+        total = manifest.num_images
+        X = np.empty((total, manifest.layers[layer]), dtype=np.float32)
+        y = np.empty(total, dtype=object)
+        paths: list[str] = []
+        row = 0
+        for entry in manifest.parts:
+            table = read_columns(self.part_path(entry), ["path", "label", layer])
+            self._check_rows(entry, table.num_rows)
+            fill_matrix(X, row, table.column(layer), layer)
+            y[row : row + entry.rows] = table.column("label").to_numpy(zero_copy_only=False)
+            paths.extend(table.column("path").to_pylist())
+            row += entry.rows
+        return X, y, paths
+
+    def _check_readable(self, layer: str, *, allow_incomplete: bool) -> None:
+        manifest = self._manifest
         if not manifest.complete and not allow_incomplete:
             raise StoreError(
                 f"feature store {self.path} is incomplete (extraction interrupted?): rerun the "
@@ -344,23 +362,48 @@ class FeatureStore:
         if layer not in manifest.layers:
             available = ", ".join(manifest.layers) or "none"
             raise StoreError(f"layer {layer!r} is not in store {self.path}; available: {available}")
-        total = manifest.num_images
-        X = np.empty((total, manifest.layers[layer]), dtype=np.float32)
-        y = np.empty(total, dtype=object)
-        paths: list[str] = []
-        row = 0
-        for entry in manifest.parts:
-            table = read_columns(self.part_path(entry), ["path", "label", layer])
-            if table.num_rows != entry.rows:
-                raise StoreError(
-                    f"{self.part_path(entry)} has {table.num_rows} rows, the manifest says "
-                    f"{entry.rows}; {DAMAGED_HINT}"
-                )
-            fill_matrix(X, row, table.column(layer), layer)
-            y[row : row + entry.rows] = table.column("label").to_numpy(zero_copy_only=False)
-            paths.extend(table.column("path").to_pylist())
-            row += entry.rows
-        return X, y, paths
+
+    def _check_rows(self, entry: PartEntry, rows: int) -> None:
+        if rows != entry.rows:
+            raise StoreError(
+                f"{self.part_path(entry)} has {rows} rows, the manifest says {entry.rows}; "
+                f"{DAMAGED_HINT}"
+            )
+
+    def iter_layer(
+        self, layer: str, *, with_meta: bool = True
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, list[str] | None]]:
+        """One complete store's ``layer``, part by part: ``(X, labels, paths)`` per part.
+
+        For consumers that must never hold the whole matrix (index builds): peak memory is one
+        part. ``with_meta=False`` reads the feature column only (labels and paths are None).
+        """
+        self._check_readable(layer, allow_incomplete=False)
+        dim = self._manifest.layers[layer]
+        columns = ["path", "label", layer] if with_meta else [layer]
+        for entry in self._manifest.parts:
+            table = read_columns(self.part_path(entry), columns)
+            self._check_rows(entry, table.num_rows)
+            X = np.empty((entry.rows, dim), dtype=np.float32)
+            fill_matrix(X, 0, table.column(layer), layer)
+            if not with_meta:
+                yield X, None, None
+                continue
+            labels = table.column("label").to_numpy(zero_copy_only=False).astype(object)
+            yield X, labels, table.column("path").to_pylist()
+
+    def fingerprint(self) -> str:
+        """A hash that changes whenever the store's rows may have: its configuration (backbone,
+        weights, layers, preprocessing, file list), its creation time (an ``--overwrite``
+        re-extraction) and its parts. What derived artefacts (retrieval indexes) record."""
+        manifest = self._manifest
+        identity = {
+            "config": manifest.config.sha256(),
+            "created_at": manifest.created_at,
+            "complete": manifest.complete,
+            "parts": [part.to_dict() for part in manifest.parts],
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def class_counts(self) -> dict[str, int]:
         """Rows per label (label columns only); unlabeled rows count under ``"<none>"``."""

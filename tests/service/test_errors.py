@@ -184,7 +184,7 @@ def test_unknown_job_and_unknown_kind(client: TestClient) -> None:
     problem(client.get("/v1/jobs/nope"), 422, "/problems/invalid-request")
     unknown = client.get("/v1/jobs", params={"kind": "mining"})
     detail = problem(unknown, 422, "/problems/invalid-request")["detail"]
-    assert "'extraction' or 'probe_fit'" in detail
+    assert "'extraction', 'index_build' or 'probe_fit'" in detail
 
 
 # --------------------------------------------------------------------------- validated at the edge

@@ -238,25 +238,9 @@ def test_a_running_extraction_is_cancelled_from_the_page(
     expect(job.get_by_role("button", name="Cancel")).to_be_hidden()
 
 
-def _retrieval_missing(server: LiveServer) -> str | None:
-    """Why the search test cannot run here, or None when the retrieval routes exist."""
-    answer = httpx.post(f"{server.base_url}/v1/datasets/photos/search", timeout=30)
-    if answer.status_code == 405 or (
-        answer.status_code == 404 and answer.json().get("type") == "about:blank"
-    ):
-        return (
-            "the retrieval routes (issue 10: POST /v1/datasets/{name}/index, .../search, "
-            f".../images/{{row}}) are not on this branch: search answered {answer.status_code}"
-        )
-    return None
-
-
 def test_search_shows_neighbour_thumbnails(serve, open_page, tmp_path: Path) -> None:
     make_image_tree(tmp_path / "roots" / "photos", per_class=4, size=48)
     server = serve()
-    reason = _retrieval_missing(server)
-    if reason:
-        pytest.skip(reason)
     with httpx.Client(base_url=server.base_url, timeout=60) as api:
         job = api.post("/v1/extractions", json={"root": "photos", "name": "photos",
                                                 "layers": ["decaf6"]}).json()  # fmt: skip

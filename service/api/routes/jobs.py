@@ -1,4 +1,4 @@
-"""`/v1/jobs`: list, inspect and cancel background jobs (extractions, probe fits)."""
+"""`/v1/jobs`: list, inspect and cancel background jobs (extractions, index builds, probe fits)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from service.api.routing import v1_router
 from service.paths import ID_PATTERN
 from service.schemas import JobList, JobOut
 from service.state import JobStatus
-from service.tasks import extraction, probe_fit
+from service.tasks import extraction, index_build, probe_fit
 
 # The kinds of job this server runs (the handlers `service.app` registers).
-JobKind = Literal[extraction.KIND, probe_fit.KIND]  # type: ignore[valid-type]
+JobKind = Literal[extraction.KIND, index_build.KIND, probe_fit.KIND]  # type: ignore[valid-type]
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job id (POST answers)")]
 
 router = v1_router("jobs")
