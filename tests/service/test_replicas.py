@@ -301,7 +301,9 @@ def test_two_servers_on_one_postgres_and_one_data_dir(tmp_path: Path, postgres_s
         "DECAF_DATA_DIR": str(tmp_path / "data"),
         "DECAF_DATA_ROOTS": str(roots),
         "DECAF_API_KEY": "",
-        "DECAF_JOB_LEASE_S": "3",
+        # Long enough that a heartbeat starved by a busy CI machine never loses a live job
+        # (that would show as attempts == 2 below); the takeover waits it out once.
+        "DECAF_JOB_LEASE_S": "8",
         "DECAF_JOB_POLL_S": "0.2",
         "DECAF_TEST_HOOK_DIR": str(hook_dir),
     }
