@@ -23,6 +23,7 @@ from featurizer.backbones import command as backbones_command
 from featurizer.runtime import configure_process
 from retrieval import cli as retrieval_cli
 from service import commands as service_commands
+from service.logs import StderrHandler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[StderrHandler()],
     )
     try:
         # One line and the documented exit status per error (featurizer.errors.EXIT_STATUSES).

@@ -35,9 +35,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is *now*, not the stream of the moment it was made.
+
+    A ``StreamHandler(sys.stderr)`` keeps the stream object it was given; when an entry point
+    runs in-process (tests calling ``main()``, an embedding application swapping stderr), that
+    object may be closed later and every log record then prints "--- Logging error ---".
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:  # StreamHandler.__init__/setStream assign it
+        pass
+
+
 def setup_logging(*, json_logs: bool = False, level: str = "INFO") -> None:
     """Configure the root logger once (uvicorn's loggers propagate into it)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if json_logs:
         handler.setFormatter(JsonFormatter())
     else:

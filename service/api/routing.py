@@ -7,7 +7,14 @@ and the documented problem answers and security (`service.api.errors.document_pr
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from service.paths import NAME_PATTERN
+
+# `{name}` of a dataset, in every route that has one: the pattern the server enforces, stated.
+DatasetName = Annotated[str, Path(pattern=NAME_PATTERN, description="store name")]
 
 
 def v1_router(tag: str) -> APIRouter:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from featurizer.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_NOT_FOUND
 from tests.retrieval.photos import ORIGINAL, PLANTED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,15 +69,16 @@ def test_build_search_duplicates_and_eval_on_a_store_of_photos(photo_store):
 def test_search_without_an_index_names_the_build_command(photo_store):
     image = str(photo_store.parent / "images" / ORIGINAL)
     result = decaf("search", str(photo_store), image)
-    assert result.returncode == 2
+    assert result.returncode == EXIT_NOT_FOUND
     assert f"decaf index build {photo_store} --layer LAYER" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_build_refuses_another_backbone_and_impossible_options(photo_store):
     other = decaf("build", str(photo_store), "--layer", "decaf7", "--backbone", "resnet50")
-    assert other.returncode == 2 and "holds alexnet features, not resnet50" in other.stderr
+    assert other.returncode == EXIT_CONFLICT
+    assert "holds alexnet features, not resnet50" in other.stderr
     too_wide = decaf("build", str(photo_store), "--layer", "decaf7", "--dim", "5000")
-    assert too_wide.returncode == 2 and "PCA can only reduce" in too_wide.stderr
+    assert too_wide.returncode == EXIT_BAD_INPUT and "PCA can only reduce" in too_wide.stderr
     whiten = decaf("build", str(photo_store), "--layer", "decaf7", "--whiten")
-    assert whiten.returncode == 2 and "--dim" in whiten.stderr
+    assert whiten.returncode == EXIT_BAD_INPUT and "--dim" in whiten.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.commands import apply_overrides
-from service.logs import JsonFormatter
+from service.logs import JsonFormatter, StderrHandler
 from tests.service._service_helpers import _free_socket, jpeg_bytes, problem
 
 
@@ -247,3 +248,16 @@ def test_typed_errors_from_jobs_keep_their_own_status():
 
     assert problem_from_error(JobNotFoundError("x")).status == 404
     assert problem_from_error(JobConflictError("x")).status == 409
+
+
+def test_log_handler_follows_stderr_after_the_first_stream_closed(monkeypatch) -> None:
+    # A CLI main() run in-process once left a handler bound to a stream that was closed later:
+    # every later record printed "--- Logging error ---" into someone else's output.
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = StderrHandler()
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    record = logging.LogRecord("decaf", logging.WARNING, __file__, 1, "still heard", None, None)
+    handler.emit(record)
+    assert second.getvalue() == "still heard\n"

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import Path
+from typing import Any
 
 from service.api.deps import DbDep, JobsDep, SettingsDep
 from service.api.errors import problem_responses
-from service.api.routing import v1_router
+from service.api.routing import DatasetName, v1_router
 from service.dataset_store import dataset_info, list_datasets
-from service.paths import NAME_PATTERN
 from service.schemas import DatasetList
 
 router = v1_router("datasets")
@@ -27,7 +24,7 @@ def get_datasets(settings: SettingsDep, db: DbDep, jobs: JobsDep) -> dict:
     responses=problem_responses(404, 409),
 )
 def get_dataset(
-    name: Annotated[str, Path(pattern=NAME_PATTERN, description="store name")],
+    name: DatasetName,
     settings: SettingsDep,
     db: DbDep,
 ) -> dict[str, Any]:

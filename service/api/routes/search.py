@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import File, Query, Request, Response, UploadFile, status
+from fastapi import File, Path, Query, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from retrieval.search import clamp_k
 from service.api.deps import JobsDep, ModelsDep, SettingsDep, UploadsDep
 from service.api.errors import problem_responses
-from service.api.routing import v1_router
+from service.api.routing import DatasetName, v1_router
 from service.dataset_search import (
     check_served_model,
     dataset_searcher,
@@ -29,7 +29,6 @@ from service.dataset_search import (
     search_answers,
 )
 from service.dataset_store import check_layer_stored, dataset_path, finished_manifest
-from service.errors import InvalidOptionError
 from service.schemas import IndexOut, IndexRequest, JobOut, SearchResponse
 from service.tasks import index_build
 from service.uploads import ImagesFailedError
@@ -56,7 +55,7 @@ def _searchers(request: Request) -> Any:
     responses=problem_responses(400, 404, 409),
 )
 def build_index(
-    name: str, body: IndexRequest, response: Response, settings: SettingsDep, jobs: JobsDep
+    name: DatasetName, body: IndexRequest, response: Response, settings: SettingsDep, jobs: JobsDep
 ) -> dict:
     manifest = finished_manifest(settings, name)
     check_layer_stored(manifest, name, body.layer)
@@ -81,7 +80,7 @@ def _check_recipe(body: IndexRequest, dim: int, rows: int) -> None:
     responses=problem_responses(400, 404, 409),
 )
 def get_index(
-    name: str,
+    name: DatasetName,
     settings: SettingsDep,
     layer: Annotated[str | None, Query(description="the layer's index (default: newest)")] = None,
 ) -> dict[str, Any]:
@@ -95,7 +94,7 @@ def get_index(
     responses=problem_responses(400, 404, 409, 413, 415),
 )
 async def search_dataset(
-    name: str,
+    name: DatasetName,
     request: Request,
     settings: SettingsDep,
     models: ModelsDep,
@@ -127,8 +126,10 @@ async def search_dataset(
         **problem_responses(400, 403, 404, 409),
     },
 )
-def get_image(name: str, row: int, settings: SettingsDep) -> FileResponse:
-    if row < 0:
-        raise InvalidOptionError(f"row must be >= 0, got {row}")
+def get_image(
+    name: DatasetName,
+    row: Annotated[int, Path(ge=0, description="the row's position in the store")],
+    settings: SettingsDep,
+) -> FileResponse:
     path, media_type = image_file(settings, name, row)
     return FileResponse(path, media_type=media_type)
