@@ -114,6 +114,31 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+class TrackedSend:
+    """`send`, remembering the response's status once it has started.
+
+    A middleware that would answer with an error must check `started` first: once the start
+    message has gone out nothing truthful can replace the response. `muted` drops whatever the
+    app sends after a middleware has answered for it.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.muted = False
+
+    @property
+    def started(self) -> bool:
+        return self.status is not None
+
+    async def __call__(self, message: Message) -> None:
+        if self.muted:
+            return
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
 class RequestMetricsMiddleware:
     """Count, time and log every HTTP request."""
 
@@ -126,19 +151,15 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        tracked = TrackedSend(send)
         self.metrics.in_flight += 1
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, tracked)
         finally:
             self.metrics.in_flight -= 1
-            self._record(scope, status_holder["status"], time.perf_counter() - started)
+            # No response at all (the app raised): the client sees the connection drop, a 500.
+            status = tracked.status if tracked.status is not None else 500
+            self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = _route_template(scope)
@@ -177,20 +198,14 @@ class UnexpectedErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        response_started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception as exc:
             error_log.error(
                 "unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc
             )
-            if response_started:
+            if tracked.started:
                 raise
             problem = http_problem(500, "internal server error; the server log has the details")
             await send_problem(send, problem, close=False)
@@ -260,32 +275,24 @@ class BodySizeLimitMiddleware:
             await send_error(send, self._error(), close=True)
             return
         received = 0
-        response_started = False
-        rejected = False
+        tracked = TrackedSend(send)
 
         async def limited_receive() -> Message:
-            nonlocal received, rejected
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes and not rejected:
-                    rejected = True
+                if received > self.max_bytes and not tracked.muted:
                     # Answer now: the form parser would turn any exception raised here into a
-                    # generic 400, and whatever the app sends afterwards is dropped below.
-                    if not response_started:
+                    # generic 400; whatever the app sends afterwards is muted.
+                    if not tracked.started:
                         await send_error(send, self._error(), close=True)
+                    tracked.muted = True
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if rejected:
-                return
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
         with contextlib.suppress(_BodyTooLarge):
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
 
     def _error(self) -> RequestTooLargeError:
         return RequestTooLargeError(
@@ -305,17 +312,11 @@ class TimeoutMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        response_started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.timeout_s)
+            await asyncio.wait_for(self.app(scope, receive, tracked), self.timeout_s)
         except TimeoutError:
-            if response_started:
+            if tracked.started:
                 raise
             await send_error(
                 send,
