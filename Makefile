@@ -49,6 +49,7 @@ browser:
 
 test: $(VENV)/.installed-test postgres-server browser
 	$(BIN)/ruff check featurizer classifiers retrieval service tests benchmarks
+	$(BIN)/ruff format --check featurizer classifiers retrieval service tests benchmarks
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/lint-imports
 	DECAF_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

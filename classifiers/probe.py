@@ -230,8 +230,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             return SCORE_KIND_OF[self.classifier]
         except KeyError:
             raise ProbeError(
-                f"classifier must be one of {', '.join(CLASSIFIER_KINDS)}, "
-                f"got {self.classifier!r}"
+                f"classifier must be one of {', '.join(CLASSIFIER_KINDS)}, got {self.classifier!r}"
             ) from None
 
     # ------------------------------------------------------------------ fit
