@@ -27,7 +27,7 @@ from classifiers.registry import (
     protocol_names,
     protocols_help,
 )
-from featurizer.argtypes import comma_list, positive_int
+from featurizer.argtypes import comma_list, positive_float, positive_float_or_auto, positive_int
 
 # The LinearProbe parameters that have a flag; each flag's dest is the parameter's name.
 ESTIMATOR_FLAGS = ("C", "Cs", "cv", "backend", "device", "class_weight", "dropout", "l2_normalize")
@@ -51,7 +51,7 @@ def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
         "--C",
         dest="C",
         default="auto",
-        type=_c_value,
+        type=positive_float_or_auto,
         help="regularisation: 'auto' (cross-validated on the training split) or a number",
     )
     parser.add_argument(
@@ -70,26 +70,13 @@ def _add_estimator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _c_value(text: str) -> float | str:
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"C must be 'auto' or a number, got {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"C must be positive, got {text!r}")
-    return value
-
-
 def _c_grid(text: str) -> list[float]:
     try:
-        values = [float(part) for part in comma_list(text)]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"Cs must be numbers, got {text!r}") from exc
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"Cs must be positive numbers, got {text!r}")
-    return values
+        return [positive_float(part) for part in comma_list(text)]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"Cs must be a comma-separated list of finite numbers > 0, got {text!r}"
+        ) from None
 
 
 def _make_probe(args: argparse.Namespace, classifier: str) -> Any:

@@ -7,6 +7,7 @@ Each raises ``argparse.ArgumentTypeError`` with the offending text, so argparse 
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def positive_int(text: str) -> int:
@@ -25,6 +26,29 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0: nan and inf are refused here, not minutes later inside a fit."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def positive_float_or_auto(text: str) -> float | str:
+    """``auto`` (let the command choose, e.g. a cross-validated C) or a finite number > 0."""
+    if text == "auto":
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or a finite number > 0, got {text!r}"
+        ) from None
 
 
 def comma_list(text: str) -> tuple[str, ...]:

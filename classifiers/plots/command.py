@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from featurizer.argtypes import positive_int
+from featurizer.argtypes import positive_float, positive_int
 
 RESULT_HELP = "JSON written by `decaf probe eval --json` or `decaf reproduce --json`"
 
@@ -45,7 +45,7 @@ def _register_tsne(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--per-class", type=positive_int, default=None, help="at most N images per class"
     )
-    parser.add_argument("--perplexity", type=_positive_float, default=30.0)
+    parser.add_argument("--perplexity", type=positive_float, default=30.0)
     parser.add_argument("--seed", type=int, default=0, help="same seed, same map")
     parser.add_argument(
         "--max-coloured",
@@ -68,16 +68,6 @@ def _register_result_plot(
     )
     parser.set_defaults(func=_result_plot, plot_name=name)
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
 
 
 def _tsne(args: argparse.Namespace) -> int:

@@ -17,7 +17,12 @@ from classifiers.datasets.sources import DATASET_NAMES
 from classifiers.errors import ProbeError
 from classifiers.options import CLASSIFIER_KINDS
 from classifiers.reproduce.paper import PAPER_BACKBONE, PAPER_LAYERS
-from featurizer.argtypes import comma_list, non_negative_int, positive_int
+from featurizer.argtypes import (
+    comma_list,
+    non_negative_int,
+    positive_float_or_auto,
+    positive_int,
+)
 from featurizer.backbones import backbone_names
 from featurizer.options import CROP_MODES
 
@@ -77,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--C",
         dest="C",
-        type=_c_value,
+        type=positive_float_or_auto,
         default="auto",
         help="regularisation: 'auto' (default: cross-validated on each training split, as the "
         "paper chose it) or a fixed positive number",
@@ -140,18 +145,6 @@ def run_command(args: argparse.Namespace) -> int:
         print(format_markdown(report))
         print(f"\nwrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
-
-
-def _c_value(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
 
 
 def _classifiers(names: Any) -> tuple[Any, ...]:

@@ -72,6 +72,16 @@ def test_estimator_flags_go_through_make_probe():
         cli._make_probe(args, "logreg")
 
 
+@pytest.mark.parametrize(
+    "flags", [["--C", "nan"], ["--C", "inf"], ["--C", "0"], ["--Cs", "0.1,inf"], ["--Cs", "1,-1"]]
+)
+def test_c_values_that_would_fail_inside_the_fit_are_refused_by_the_parser(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(["probe", "eval", "store", *flags])
+    assert exit_info.value.code == 2
+    assert "finite number" in capsys.readouterr().err
+
+
 class FakeFeaturizer:
     """Features are the 'image' itself: a row of a fixed matrix per path."""
 
