@@ -240,15 +240,7 @@ def read_header(data: bytes, name: str, max_pixels: int) -> ImageFile.ImageFile:
 
     Same errors as :func:`decode_image` for unidentifiable or oversized images.
     """
-    try:
-        image = _open_header_only(io.BytesIO(data), "")
-    except ImageDecodeError as exc:
-        raise ImageDecodeError(f"{name}: {exc}") from None
-    except _PIL_DECODE_ERRORS as exc:
-        damage = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-        raise ImageDecodeError(f"{name}: {damage} image header ({_reason(exc)})") from exc
-    _check_pixels(image.size, name, max_pixels)
-    return image
+    return _open_checked_header(io.BytesIO(data), "", name, max_pixels)
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -264,9 +256,10 @@ def pixel_error_message(exc: BaseException) -> str:
     return _pixel_error_message(exc)
 
 
-def _decode_stream(
-    fp: IO[bytes], filename: str, name: str, max_pixels: int, min_short_side: int | None
-) -> Image.Image:
+def _open_checked_header(
+    fp: IO[bytes], filename: str, name: str, max_pixels: int
+) -> ImageFile.ImageFile:
+    """The header only, opened and bomb-checked; every failure an ImageDecodeError naming `name`."""
     try:
         image = _open_header_only(fp, filename)
     except ImageDecodeError as exc:
@@ -275,6 +268,13 @@ def _decode_stream(
         damage = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageDecodeError(f"{name}: {damage} image header ({_reason(exc)})") from exc
     _check_pixels(image.size, name, max_pixels)
+    return image
+
+
+def _decode_stream(
+    fp: IO[bytes], filename: str, name: str, max_pixels: int, min_short_side: int | None
+) -> Image.Image:
+    image = _open_checked_header(fp, filename, name, max_pixels)
     full_size = image.size
     draft_box = None
     if min_short_side is not None and image.format in ("JPEG", "MPO"):
