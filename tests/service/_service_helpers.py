@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -70,6 +72,18 @@ class LiveServer:
     def batcher(self) -> Any:
         """The default backbone's micro-batcher."""
         return self.app.state.models.default.batcher
+
+
+def stop_server_process(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM a `decaf serve` child (a graceful shutdown), SIGKILL it if it does not exit."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _free_socket() -> socket.socket:

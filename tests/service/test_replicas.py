@@ -29,6 +29,7 @@ from service.job_owners import OWNERS_DIR, SharedSQLiteError
 from service.jobs import JobManager
 from service.process_lock import ProcessLock
 from service.state import Database, JobRow, utcnow
+from tests.service._service_helpers import stop_server_process
 from tests.service._state_helpers import CLASS_COLOURS, image_bytes, make_image_tree, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,13 +217,7 @@ def decaf_replica(tmp_path: Path, name: str, env: dict[str, str]) -> Iterator[di
             yield {"name": name, "process": process, "client": client, "log": log_path}
         finally:
             client.close()
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_server_process(process, timeout_s=60)
 
 
 def _wait_ready(replica: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests._gate import gated_decaf
+from tests.service._service_helpers import stop_server_process
 from tests.service._state_helpers import CLASS_COLOURS, image_bytes, make_image_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,13 +69,7 @@ def decaf_server(
         yield process, client
     finally:
         client.close()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server_process(process, timeout_s=30)
         log.close()
 
 
