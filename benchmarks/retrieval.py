@@ -33,8 +33,6 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retrieval.build import apply_search_params, build_from_source
 from retrieval.recipe import IndexSpec, plan
+from retrieval.sources import ArraySource
 
 FULL = {"codes": (1_000_000, 256, "flat"), "fc7": (200_000, 4096, "fp16")}
 QUICK = {"codes": (20_000, 256, "flat"), "fc7": (5_000, 4096, "fp16")}
@@ -78,25 +77,6 @@ def clustered(rows: int, dim: int, clusters: int, seed: int) -> np.ndarray:
     return out
 
 
-@dataclass
-class Slices:
-    """The database as a vector source: views of one matrix, part by part (no copies)."""
-
-    matrix: np.ndarray
-
-    @property
-    def rows(self) -> int:
-        return len(self.matrix)
-
-    @property
-    def dim(self) -> int:
-        return self.matrix.shape[1]
-
-    def parts(self) -> Iterator[np.ndarray]:
-        for start in range(0, self.rows, PART_ROWS):
-            yield self.matrix[start : start + PART_ROWS]
-
-
 def numpy_topk(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact cosine top-k by brute force (the baseline): normalised blocks, argpartition."""
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
@@ -128,7 +108,7 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def measure(
-    source: Slices, kind: str, codec: str, queries: np.ndarray, truth: np.ndarray, out
+    source: ArraySource, kind: str, codec: str, queries: np.ndarray, truth: np.ndarray, out
 ) -> None:
     """In a forked child: build one index kind, then search it at each search setting."""
     import faiss
@@ -201,7 +181,8 @@ def run_dataset(name: str, rows: int, dim: int, codec: str, args: argparse.Names
     for kind in args.kinds.split(","):
         queue = context.Queue()
         child = context.Process(
-            target=measure, args=(Slices(database), kind, codec, queries, truth, queue)
+            target=measure,
+            args=(ArraySource(database, part_rows=PART_ROWS), kind, codec, queries, truth, queue),
         )
         child.start()
         child.join()

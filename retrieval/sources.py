@@ -1,9 +1,10 @@
 """Where an index build reads its vectors: part by part, never the whole matrix at once.
 
 A :class:`VectorSource` has a row count, a dimension and an iterator over its parts (float32
-matrices, in row order). :class:`StoreLayer` reads one layer of a feature store; the benchmark
-generates its parts. :func:`sample_rows` draws a uniform training sample in one pass over the
-parts, so a build reads the source twice (sample, then add) and holds one part plus the sample.
+matrices, in row order). :class:`StoreLayer` reads one layer of a feature store;
+:class:`ArraySource` serves a matrix already in memory (views, no copies). :func:`sample_rows`
+draws a uniform training sample in one pass over the parts, so a build reads the source twice
+(sample, then add) and holds one part plus the sample.
 """
 
 from __future__ import annotations
@@ -61,6 +62,26 @@ class StoreLayer:
     def parts(self) -> Iterator[np.ndarray]:
         for X, _, _ in self.store.iter_layer(self.layer, with_meta=False):
             yield X
+
+
+@dataclass
+class ArraySource:
+    """A float32 (rows, dim) matrix already in memory, served as views of `part_rows` rows."""
+
+    matrix: np.ndarray
+    part_rows: int = 65_536
+
+    @property
+    def rows(self) -> int:
+        return len(self.matrix)
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    def parts(self) -> Iterator[np.ndarray]:
+        for start in range(0, self.rows, self.part_rows):
+            yield self.matrix[start : start + self.part_rows]
 
 
 def store_rows(store: FeatureStore) -> tuple[list[str], list[str | None]]:

@@ -13,29 +13,19 @@ from retrieval.build import BuildProgress, build_from_source
 from retrieval.errors import IndexBuildCancelled, IndexCorruptError
 from retrieval.index_files import IndexRecord, read_index, read_record, write_index
 from retrieval.recipe import IndexSpec, plan
-from retrieval.sources import sample_rows
+from retrieval.sources import ArraySource, sample_rows
 
 
 @dataclass
-class ArraySource:
-    """A matrix served in parts, counting how often it was read."""
+class CountingSource(ArraySource):
+    """A matrix served in parts of 500 rows, counting how often it was read."""
 
-    matrix: np.ndarray
     part_rows: int = 500
     passes: int = 0
 
-    @property
-    def rows(self) -> int:
-        return len(self.matrix)
-
-    @property
-    def dim(self) -> int:
-        return self.matrix.shape[1]
-
     def parts(self) -> Iterator[np.ndarray]:
         self.passes += 1
-        for start in range(0, self.rows, self.part_rows):
-            yield self.matrix[start : start + self.part_rows]
+        yield from super().parts()
 
 
 def clustered(rows: int, dim: int, clusters: int = 20, seed: int = 0) -> np.ndarray:
@@ -57,7 +47,7 @@ def vectors() -> np.ndarray:
 
 
 def test_sample_rows_draws_distinct_rows_in_one_pass(vectors):
-    source = ArraySource(vectors)
+    source = CountingSource(vectors)
     sample = sample_rows(source, 300, seed=1)
     assert source.passes == 1 and sample.shape == (300, 32)
     matches = (sample[:, None, :] == vectors[None, :, :]).all(axis=2)
@@ -77,7 +67,7 @@ def test_sample_rows_draws_distinct_rows_in_one_pass(vectors):
     ],
 )
 def test_every_codec_and_kind_finds_the_true_neighbours(vectors, codec, kind, min_recall):
-    source = ArraySource(vectors)
+    source = CountingSource(vectors)
     recipe = plan(IndexSpec("x", codec=codec, kind=kind), source.rows, source.dim)
     steps: list[str] = []
     index = build_from_source(source, recipe, progress=lambda p: steps.append(p.step))
@@ -91,7 +81,7 @@ def test_every_codec_and_kind_finds_the_true_neighbours(vectors, codec, kind, mi
 
 
 def test_pca_whitening_builds_from_a_sample_and_scores_are_cosines(vectors):
-    source = ArraySource(vectors)
+    source = CountingSource(vectors)
     recipe = plan(IndexSpec("x", dim=16, whiten=True), source.rows, source.dim)
     index = build_from_source(source, recipe)
     assert source.passes == 2  # one pass to sample, one to add: never the matrix in memory
@@ -102,7 +92,7 @@ def test_pca_whitening_builds_from_a_sample_and_scores_are_cosines(vectors):
 
 
 def test_a_cancelled_build_stops_between_parts(vectors):
-    source = ArraySource(vectors)
+    source = CountingSource(vectors)
     recipe = plan(IndexSpec("x"), source.rows, source.dim)
     seen: list[BuildProgress] = []
 
@@ -116,7 +106,7 @@ def test_a_cancelled_build_stops_between_parts(vectors):
 
 def _saved(tmp_path, vectors) -> IndexRecord:
     recipe = plan(IndexSpec("x"), len(vectors), vectors.shape[1])
-    index = build_from_source(ArraySource(vectors), recipe)
+    index = build_from_source(CountingSource(vectors), recipe)
     data = {
         "store_fingerprint": "f",
         "layer": "x",
