@@ -209,6 +209,7 @@ def ray_rows(
     import ray
 
     from featurizer.engines.ray import connect
+    from featurizer.engines.ray_cluster import shutdown_ray
     from featurizer.extraction import extract_dataset
 
     tiny = subset_folder(root, work / "tiny", 4)
@@ -241,7 +242,7 @@ def ray_rows(
             )
     finally:
         if started:
-            ray.shutdown()
+            shutdown_ray(ray)
     plan = remote_runs[1][0].manifest.ray or {}
     rows = [
         _engine_row("local", *local_runs),

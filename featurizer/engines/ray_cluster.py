@@ -7,9 +7,11 @@ extra) imports this module without it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -23,6 +25,20 @@ INSTALL_HINT = "pip install 'decaf[ray]'"
 ACTOR_MEMORY_BYTES = int(1.5 * 2**30)
 # Up to this many torch threads per CPU actor: intra-op scaling of AlexNet flattens beyond it.
 MAX_THREADS_PER_CPU_ACTOR = 8
+# Threads Ray Data starts for one iteration (names as of Ray 2.60). Nobody joins them, and the
+# executor's own shutdown waits only 2 s for its scheduling loop; on a loaded machine that loop
+# may still run when the driver shuts Ray down. A thread that touches Ray after `ray.shutdown()`
+# makes Ray end the whole process (exit 1, no traceback): a cancelled job would take down the
+# service. The parked block prefetcher ("Prefetcher") touches Ray only when handed blocks.
+PIPELINE_THREAD_PREFIXES = (
+    "StreamingExecutor-",
+    "iter_threaded",
+    "map_tp_",
+    "ray-data-metadata-prefetch",
+)
+PIPELINE_DRAIN_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 class EngineUnavailableError(DecafError, RuntimeError):
@@ -89,8 +105,36 @@ def ray_session(ray: ModuleType, address: str | None) -> Iterator[None]:
         with _session_lock:
             _session_users -= 1
             if _session_users == 0 and _session_owned:
-                ray.shutdown()
+                shutdown_ray(ray)
                 _session_owned = False
+
+
+def pipeline_threads() -> list[threading.Thread]:
+    """Ray Data's iteration threads still alive in this process."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith(PIPELINE_THREAD_PREFIXES) and thread.is_alive()
+    ]
+
+
+def shutdown_ray(ray: ModuleType, *, drain_s: float = PIPELINE_DRAIN_S) -> None:
+    """``ray.shutdown()`` once Ray Data's iteration threads have ended (at most ``drain_s``).
+
+    Call it only when no extraction is running on this Ray: it waits for every pipeline.
+    """
+    deadline = time.monotonic() + drain_s
+    for thread in pipeline_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = pipeline_threads()
+    if left:
+        log.warning(
+            "Ray Data threads still running after %.0f s, shutting Ray down anyway: %s",
+            drain_s,
+            ", ".join(thread.name for thread in left),
+        )
+    gc.collect()  # Ray objects caught in reference cycles are freed while Ray is still up
+    ray.shutdown()
 
 
 def connect(ray: ModuleType, address: str | None) -> bool:

@@ -27,6 +27,7 @@ from featurizer.engines.ray import (
     regroup_parts,
     split_by_part,
 )
+from featurizer.engines.ray_cluster import shutdown_ray
 from featurizer.errors import DecafError
 from featurizer.extraction import ExtractionCancelled, extract_dataset
 from featurizer.store import (
@@ -91,7 +92,7 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     if started:
-        ray.shutdown()
+        shutdown_ray(ray)
 
 
 @pytest.fixture(scope="module")
